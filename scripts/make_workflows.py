@@ -1,0 +1,13 @@
+"""Regenerate the example KNIME workflows (folders and .knwf archives) in workflows/ from workflows/definitions.py.
+
+Same as ``cellseg make-workflows``; extra arguments are passed on (e.g. ``--only retrain_stardist``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from cellseg.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["make-workflows", *sys.argv[1:]]))

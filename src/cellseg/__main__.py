@@ -1,0 +1,5 @@
+"""``python -m cellseg`` runs the command line."""
+
+from cellseg.cli import main
+
+raise SystemExit(main())

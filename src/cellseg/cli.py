@@ -1,0 +1,369 @@
+"""The ``cellseg`` command line: simulate, train, retrain, predict, evaluate, demo and more.
+
+Each subcommand is a thin translation of arguments to backend calls. Errors caused by the user's input
+print one line (``cellseg: error: ...``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from cellseg.errors import CancelledError, CellsegError
+
+# Modules that add their own subcommands with ``register_cli(subparsers)``.
+CLI_EXTENSIONS = ("cellseg.demo", "cellseg.transfer", "cellseg.workflows")
+
+
+def _quiet_tensorflow() -> None:
+    warnings.filterwarnings("ignore")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    try:
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
+    except ImportError:
+        pass
+
+
+class ProgressBar:
+    """A tqdm progress bar fed with ``(fraction, message)`` callbacks."""
+
+    def __init__(self, desc: str, total: int = 1000, disable: bool = False) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, desc=desc, disable=disable, leave=True, file=sys.stderr,
+                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+        self._total = total
+
+    def __call__(self, fraction: float, message: str = "") -> None:
+        n = int(round(fraction * self._total))
+        self._bar.update(max(0, n - self._bar.n))
+        if message:
+            self._bar.set_postfix_str(message, refresh=False)
+
+    def close(self) -> None:
+        self._bar.close()
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# -- argument helpers -----------------------------------------------------------------------------
+
+def _pair(text: str) -> tuple[int, int]:
+    parts = [int(p) for p in text.replace("x", ",").split(",") if p]
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected N or N,M, got {text!r}")
+    return parts[0], parts[1]
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("architecture")
+    g.add_argument("--backbone", default="unet",
+                   help="unet (default), resunet, resnet50, or resnet50+imagenet (ImageNet encoder weights "
+                        "from ~/.keras/models/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5)")
+    g.add_argument("--n-rays", type=int, default=32, help="polygon rays per object (default 32)")
+    g.add_argument("--grid", type=_pair, default=(2, 2), help="output subsampling, e.g. 2 or 2,2 (default 2)")
+    g.add_argument("--depth", type=int, default=3, help="U-Net depth (default 3)")
+    g.add_argument("--filters", type=int, default=32, help="U-Net base filters (default 32)")
+
+
+def _add_train_args(p: argparse.ArgumentParser, retraining: bool = False) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=10 if not retraining else 5, help="epochs")
+    g.add_argument("--steps-per-epoch", type=int, default=50 if not retraining else 20, help="steps per epoch")
+    g.add_argument("--learning-rate", type=float, default=None,
+                   help="Adam learning rate (default: the model's, 3e-4)")
+    g.add_argument("--batch-size", type=int, default=None, help="patches per step (default 4)")
+    g.add_argument("--patch-size", type=_pair, default=None, help="training patch size, e.g. 128 (default 128)")
+    g.add_argument("--no-augment", action="store_true", help="turn off augmentation")
+    g.add_argument("--val-fraction", type=float, default=0.15, help="share of images held back (default 0.15)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--no-optimize-thresholds", action="store_true", help="keep the default thresholds")
+    g.add_argument("--label-components", action="store_true",
+                   help="treat binary masks as foreground and label their connected components")
+    if retraining:
+        g.add_argument("--freeze-encoder", action="store_true", help="keep the encoder's weights fixed")
+        g.add_argument("--freeze-encoder-epochs", type=int, default=0,
+                       help="freeze the encoder for the first K epochs, then train all layers (default 0)")
+        g.add_argument("--encoder-lr-factor", type=float, default=1.0,
+                       help="encoder learning rate = learning rate x this (default 1)")
+        g.add_argument("--reinit-heads", action="store_true", help="re-initialise the output heads first")
+        g.add_argument("--mix-images", help="folder of pretraining-domain images to mix in")
+        g.add_argument("--mix-masks", help="their masks (same file names)")
+        g.add_argument("--mix-fraction", type=float, default=0.25,
+                       help="share of training patches from --mix-images (default 0.25)")
+
+
+def _train_config(args: argparse.Namespace):
+    from cellseg.training import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, learning_rate=args.learning_rate,
+        batch_size=args.batch_size, patch_size=args.patch_size, augment=not args.no_augment,
+        validation_fraction=args.val_fraction, seed=args.seed,
+        optimize_thresholds=not args.no_optimize_thresholds,
+        freeze_encoder=getattr(args, "freeze_encoder", False),
+        freeze_encoder_epochs=getattr(args, "freeze_encoder_epochs", 0),
+        encoder_lr_factor=getattr(args, "encoder_lr_factor", 1.0),
+        reinit_heads=getattr(args, "reinit_heads", False),
+        mix_fraction=getattr(args, "mix_fraction", 0.25),
+        extra={k: v for k in ("mix_images", "mix_masks") if (v := getattr(args, k, None))},
+    )
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from cellseg import simulate
+
+    with ProgressBar("simulating", disable=args.quiet) as bar:
+        images, labels = simulate.simulate_dataset(args.n, size=args.size, preset=args.preset, seed=args.seed,
+                                                   progress=bar)
+    img_dir, mask_dir = simulate.write_dataset(args.out, images, labels, prefix=args.prefix)
+    print(f"wrote {len(images)} images to {img_dir} and their masks to {mask_dir}")
+    return 0
+
+
+def _load_training_data(args: argparse.Namespace):
+    from cellseg import io as cio
+
+    names, images, masks = cio.load_pairs(args.images, args.masks, label_components=args.label_components)
+    return names, images, masks
+
+
+def _report_training(result, out: Path) -> None:
+    h = result.history
+    last = h.iloc[-1].to_dict() if len(h) else {}
+    status = "cancelled, kept the best weights so far" if result.cancelled else "done"
+    print(f"trained {result.steps} steps in {result.seconds:.1f} s ({status}); "
+          f"final loss {last.get('loss', float('nan')):.4f}, val_loss {last.get('val_loss', float('nan')):.4f}; "
+          f"thresholds {result.model.thresholds}")
+    print(f"model saved to {out}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cellseg.models import ModelConfig
+    from cellseg.training import train
+
+    names, images, masks = _load_training_data(args)
+    channels = 1 if images[0].ndim == 2 else images[0].shape[-1]
+    mc = ModelConfig(backbone=args.backbone, n_rays=args.n_rays, grid=args.grid, n_channel_in=channels,
+                     unet_n_depth=args.depth, unet_n_filter_base=args.filters,
+                     patch_size=args.patch_size or (128, 128), batch_size=args.batch_size or 4)
+    tc = _train_config(args)
+    with ProgressBar("training", disable=args.quiet) as bar:
+        result = train(images, masks, mc, tc, names=names, progress=bar, model_name=Path(args.out).name,
+                       data_description=f"{len(names)} images from {args.images}",
+                       label_components=args.label_components)
+    result.model.save(args.out)
+    if args.history:
+        result.history.to_csv(args.history, index=False)
+    _report_training(result, Path(args.out))
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from cellseg.models import load_model
+    from cellseg.training import retrain
+
+    model = load_model(args.model)
+    names, images, masks = _load_training_data(args)
+    tc = _train_config(args)
+    with ProgressBar("retraining", disable=args.quiet) as bar:
+        result = retrain(model, images, masks, tc, names=names, progress=bar,
+                         data_description=f"{len(names)} images from {args.images}",
+                         label_components=args.label_components)
+    result.model.provenance["name"] = Path(args.out).name
+    result.model.save(args.out)
+    if args.history:
+        result.history.to_csv(args.history, index=False)
+    _report_training(result, Path(args.out))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from cellseg import io as cio
+    from cellseg.models import load_model
+    from cellseg.prediction import predict_many
+
+    model = load_model(args.model)
+    paths = cio.list_images(args.images)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    large = _large_image_predictor(args, model)
+    tables = []
+    t0 = time.perf_counter()
+    with ProgressBar("predicting", disable=args.quiet) as bar:
+        small = []
+        for p in paths:
+            if large is not None and large.wants(p):
+                tables.append(large.run(p, out / f"{p.stem}.tif").assign(image=p.stem))
+            else:
+                small.append(p)
+
+        def images():
+            for p in small:
+                yield cio.read_image(p)
+
+        results = predict_many(model, images(), names=[p.stem for p in small], total=len(small),
+                               prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh,
+                               n_tiles=args.n_tiles, progress=bar)
+        for p, (labels, objects) in zip(small, results):
+            cio.write_image(out / f"{p.stem}.tif", labels.astype("uint16" if labels.max() < 65536 else "uint32"))
+            tables.append(objects.assign(image=p.stem))
+    objects = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    if len(objects):
+        objects = objects[["image", *[c for c in objects.columns if c != "image"]]]
+    objects.to_csv(out / "objects.csv", index=False)
+    print(f"segmented {len(paths)} images in {time.perf_counter() - t0:.1f} s: {len(objects)} objects; "
+          f"labels and objects.csv in {out}")
+    return 0
+
+
+def _large_image_predictor(args: argparse.Namespace, model):
+    """The streaming large-image path of :mod:`cellseg.tiling`, when available and wanted."""
+    if args.tiled == "never":
+        return None
+    try:
+        tiling = importlib.import_module("cellseg.tiling")
+    except ImportError:
+        return None
+    factory = getattr(tiling, "cli_predictor", None)
+    return None if factory is None else factory(model, args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cellseg import io as cio
+    from cellseg import metrics
+
+    pred_paths = {p.stem: p for p in cio.list_images(args.pred)}
+    names, gts = cio.load_images(args.masks)
+    missing = [n for n in names if n not in pred_paths]
+    if missing:
+        raise CellsegError(f"no prediction in {args.pred} for mask(s) {missing[:5]}")
+    gts = [cio.check_mask(g, n, label_components=args.label_components) for n, g in zip(names, gts)]
+    preds = [cio.check_mask(cio.read_image(pred_paths[n]), str(pred_paths[n])) for n in names]
+    per_image, summary = metrics.score_dataset(gts, preds, names=names)
+    cols = ["iou_threshold", "tp", "fp", "fn", "precision", "recall", "f1", "accuracy", "panoptic_quality"]
+    print(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"mean AP over IoU 0.5-0.95: {metrics.mean_ap(summary):.3f}  ({len(names)} images)")
+    if args.json:
+        payload = {"summary": summary.to_dict(orient="records"), "per_image": per_image.to_dict(orient="records"),
+                   "mean_ap": metrics.mean_ap(summary)}
+        Path(args.json).write_text(json.dumps(payload, indent=2))
+    if args.csv:
+        per_image.to_csv(args.csv, index=False)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from cellseg.models import load_model
+
+    print(json.dumps(load_model(args.model).summary(), indent=2))
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cellseg", description=__doc__.splitlines()[0])
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("simulate", help="simulate fluorescence nuclei images with instance masks")
+    p.add_argument("--out", required=True, help="output folder (gets images/ and masks/)")
+    p.add_argument("--n", type=int, default=32, help="number of images (default 32)")
+    p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    p.add_argument("--preset", default="low_noise", help="low_noise, high_noise, granulocyte_*, mixed")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prefix", default="sim", help="file name prefix")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("train", help="train a StarDist model from scratch")
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--masks", required=True, help="folder of instance masks (same file names)")
+    p.add_argument("--out", required=True, help="model folder to write (or .zip)")
+    p.add_argument("--history", help="write the training history to this CSV")
+    _add_model_args(p)
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("retrain", help="retrain (fine-tune) a model on a few annotated images")
+    p.add_argument("--model", required=True, help="model folder, .zip or pretrained name")
+    p.add_argument("--images", required=True)
+    p.add_argument("--masks", required=True)
+    p.add_argument("--out", required=True, help="model folder to write (or .zip)")
+    p.add_argument("--history", help="write the training history to this CSV")
+    _add_train_args(p, retraining=True)
+    p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("predict", help="segment images: label TIFFs + objects.csv")
+    p.add_argument("--model", required=True, help="model folder, .zip or pretrained name")
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--prob-thresh", type=float, default=None, help="default: the model's")
+    p.add_argument("--nms-thresh", type=float, default=None, help="default: the model's")
+    p.add_argument("--n-tiles", type=_pair, default=None, help="tiles per axis for the network, e.g. 2,2")
+    p.add_argument("--tiled", choices=("auto", "always", "never"), default="auto",
+                   help="stream large images tile by tile (auto: above --tiled-above pixels)")
+    p.add_argument("--tiled-above", type=int, default=4096 * 4096, help="pixel count for auto tiling")
+    p.add_argument("--tile-size", type=int, default=1024, help="tile side for streaming (default 1024)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="score predicted label images against ground-truth masks")
+    p.add_argument("--pred", required=True, help="folder of predicted label images")
+    p.add_argument("--masks", required=True, help="folder of ground-truth masks (same names)")
+    p.add_argument("--json", help="write summary and per-image metrics to this JSON file")
+    p.add_argument("--csv", help="write per-image metrics to this CSV file")
+    p.add_argument("--label-components", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("info", help="print a model's summary (architecture, thresholds, provenance)")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_info)
+
+    for name in CLI_EXTENSIONS:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as err:
+            if err.name != name:
+                raise
+            continue
+        register: Callable[[Any], None] | None = getattr(module, "register_cli", None)
+        if register is not None:
+            register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_tensorflow()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CancelledError as err:
+        print(f"cellseg: cancelled: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("cellseg: interrupted", file=sys.stderr)
+        return 130
+    except CellsegError as err:
+        print(f"cellseg: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,474 @@
+"""Learner nodes: StarDist Learner (train from scratch) and StarDist Retrainer (transfer learning)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any
+
+import knime.extension as knext
+import numpy as np
+import pandas as pd
+
+from cellseg.errors import CancelledError, InputError
+from cellseg_knime import category, icon
+from cellseg_knime import tables as kt
+from cellseg_knime.ports import StarDistModelPortObject, StarDistModelSpec, model_port_type, summary_from_meta
+
+#: Columns of the training-history table, in order, with their pandas dtypes.
+HISTORY_COLUMNS: list[tuple[str, str]] = [
+    ("epoch", "int64"),
+    ("step", "int64"),
+    ("seconds", "float64"),
+    ("loss", "float64"),
+    ("prob_loss", "float64"),
+    ("dist_loss", "float64"),
+    ("val_loss", "float64"),
+    ("val_prob_loss", "float64"),
+    ("val_dist_loss", "float64"),
+    ("learning_rate", "float64"),
+]
+
+
+def history_schema() -> knext.Schema:
+    return knext.Schema.from_columns(
+        [knext.Column(knext.int64() if t == "int64" else knext.double(), n) for n, t in HISTORY_COLUMNS])
+
+
+def history_frame(history: pd.DataFrame) -> pd.DataFrame:
+    """The backend's history in the fixed column layout (missing values NaN); RowIDs ``Epoch <n>``."""
+    df = kt.empty_frame(HISTORY_COLUMNS) if history is None or len(history) == 0 else history.copy()
+    for name, dtype in HISTORY_COLUMNS:
+        if name not in df:
+            df[name] = np.nan if dtype == "float64" else 0
+        df[name] = df[name].astype(dtype)
+    df = df[[n for n, _ in HISTORY_COLUMNS]]
+    df.index = pd.Index([f"Epoch {int(e)}" for e in df["epoch"]], dtype=object)
+    return df
+
+
+def loss_figure(history: pd.DataFrame, title: str) -> Any:
+    """A matplotlib figure of the training and validation losses per step."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    if len(history):
+        x = history["step"]
+        for col, style in (("loss", "-"), ("val_loss", "--"), ("prob_loss", ":"), ("dist_loss", ":")):
+            if col in history and history[col].notna().any():
+                ax.plot(x, history[col], style, marker="o", markersize=3, label=col)
+        ax.set_yscale("log")
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no epochs completed", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+# -- parameters shared by both nodes -----------------------------------------------------------
+
+
+def _grid_validator(value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{value!r} is not an integer")
+    if value not in (1, 2, 4, 8):
+        raise ValueError(f"grid {value} must be 1, 2, 4 or 8")
+
+
+class Backbone(knext.EnumParameterOptions):
+    UNET = ("U-Net", "StarDist's U-Net (the standard).")
+    RESUNET = ("Residual U-Net", "U-Net whose blocks are residual blocks (He et al. 2016).")
+    RESNET50 = ("ResNet50 U-Net", "A U-Net decoder on a ResNet50 encoder (grey images replicated to RGB).")
+
+
+@knext.parameter_group(label="Architecture")
+class ArchitectureSettings:
+    """The network: backbone, number of rays, output grid, input channels and U-Net size."""
+
+    backbone = knext.EnumParameter("Backbone", "Network architecture.", Backbone.UNET.name, Backbone)
+    imagenet = knext.BoolParameter(
+        "ImageNet weights", "Start the ResNet50 encoder from ImageNet weights (a local Keras weights file, "
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 in ~/.keras/models).", False,
+    ).rule(knext.OneOf(backbone, [Backbone.RESNET50.name]), knext.Effect.SHOW)
+    n_rays = knext.IntParameter("Number of rays", "Radial distances describing each star-convex object.", 32,
+                                min_value=3, max_value=256)
+    grid = knext.IntParameter("Grid", "Output subsampling per axis (1, 2, 4 or 8); 2 suits nuclei of ~10+ px.",
+                              2, validator=_grid_validator)
+    n_channel_in = knext.IntParameter("Input channels", "Channels of the images (1 = grey fluorescence).", 1,
+                                      min_value=1, max_value=16)
+    unet_n_depth = knext.IntParameter("U-Net depth", "Number of down-sampling levels.", 3, min_value=1,
+                                      max_value=6, is_advanced=True)
+    unet_n_filter_base = knext.IntParameter("U-Net filters", "Filters of the first U-Net level.", 32,
+                                            min_value=1, max_value=512, is_advanced=True)
+
+
+@knext.parameter_group(label="Training")
+class TrainingSettings:
+    """Training length, batch and patch size, learning rate, validation split and seed."""
+
+    epochs = knext.IntParameter("Epochs", "Number of epochs.", 10, min_value=1, max_value=10000)
+    steps_per_epoch = knext.IntParameter("Steps per epoch", "Optimiser steps per epoch.", 50, min_value=1,
+                                         max_value=100000)
+    batch_size = knext.IntParameter("Batch size", "Patches per step.", 4, min_value=1, max_value=256)
+    patch_size = knext.IntParameter(
+        "Patch size", "Side of the square training patches; a multiple of grid x 2^depth, at most the image size.",
+        128, min_value=8, max_value=4096)
+    learning_rate = knext.DoubleParameter("Learning rate", "Adam learning rate.", 3e-4, min_value=1e-7,
+                                          max_value=0.5)
+    validation_fraction = knext.DoubleParameter(
+        "Validation fraction", "Share of images held back for validation and threshold optimisation "
+        "(with fewer than 3 images the training images are used).", 0.15, min_value=0.0, max_value=0.9)
+    seed = knext.IntParameter("Seed", "Seeds weights, patch sampling and augmentation.", 0, min_value=0)
+
+
+@knext.parameter_group(label="Augmentation")
+class AugmentationSettings:
+    """Random changes of the training patches."""
+
+    augment = knext.BoolParameter(
+        "Augment", "Random flips, 90 degree rotations, intensity scaling/shift and noise.", True)
+
+
+@knext.parameter_group(label="Advanced", is_advanced=True)
+class AdvancedSettings:
+    """Thresholds, learning-rate schedule, mask handling and the model name."""
+
+    optimize_thresholds = knext.BoolParameter(
+        "Optimise thresholds", "Choose probability and overlap thresholds on the validation images.", True)
+    reduce_lr = knext.BoolParameter("Reduce learning rate on plateau", "Halve it when validation loss stalls.",
+                                    True)
+    label_components = knext.BoolParameter(
+        "Label connected components", "Accept binary masks and label their connected components.", False)
+    model_name = knext.StringParameter("Model name", "Name recorded in the model's provenance.", "cellseg")
+
+
+def _train_config(training: Any, augmentation: Any, advanced: Any, **extra: Any) -> Any:
+    """A TrainConfig from the node settings (fields the backend lacks are left out)."""
+    from cellseg.training import TrainConfig
+
+    values = {
+        "epochs": training.epochs,
+        "steps_per_epoch": training.steps_per_epoch,
+        "learning_rate": training.learning_rate,
+        "batch_size": training.batch_size or None,
+        "patch_size": (training.patch_size, training.patch_size) if training.patch_size else None,
+        "augment": augmentation.augment,
+        "validation_fraction": training.validation_fraction,
+        "seed": training.seed,
+        "optimize_thresholds": advanced.optimize_thresholds,
+        "reduce_lr": advanced.reduce_lr,
+        **extra,
+    }
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in values.items() if k in known})
+    try:
+        config.validate()
+    except InputError as err:
+        raise knext.InvalidParametersError(str(err)) from err
+    return config
+
+
+def _columns(node: Any, schema: knext.Schema) -> tuple[str, str]:
+    image = kt.pick_column(schema, node.image_column, "Image column", preferred=("image",))
+    labels = kt.pick_column(schema, node.label_column, "Label column", preferred=("labels", "mask"),
+                            exclude=(image,))
+    if image == labels:
+        raise knext.InvalidParametersError(f"Image and label column are the same column '{image}'")
+    node.image_column, node.label_column = image, labels
+    return image, labels
+
+
+def read_training_table(ctx: Any, table: Any, image_col: str, label_col: str,
+                        end: float = 0.1) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """Images, label images and row names of a training table (errors name the row)."""
+    total = kt.require_rows(table, "training table")
+    images, masks, names = [], [], []
+    for done, df in kt.iter_rows(table, [image_col, label_col]):
+        for i, (rid, img_cell, lbl_cell) in enumerate(zip(df.index, df[image_col], df[label_col])):
+            kt.check_canceled(ctx, "while reading the training images")
+            img = kt.read_image(img_cell, str(rid), image_col)
+            lbl = kt.read_labels(lbl_cell, str(rid), label_col, img.shape)
+            images.append(img)
+            masks.append(lbl)
+            names.append(f"Row '{rid}'")
+            ctx.set_progress(end * (done + i + 1) / total, f"read training image {done + i + 1} of {total}")
+    if not images:
+        raise ValueError("The training table is empty")
+    return images, masks, names
+
+
+def _finish(ctx: Any, result: Any, title: str) -> tuple[StarDistModelPortObject, knext.Table, Any]:
+    if result.cancelled:
+        raise RuntimeError(f"Execution canceled after {result.steps} training step(s)")
+    history = history_frame(result.history)
+    ctx.set_progress(1.0, f"trained {result.steps} steps in {result.seconds:.1f} s")
+    view = knext.view_matplotlib(loss_figure(history, title))
+    return StarDistModelPortObject.from_model(result.model), knext.Table.from_pandas(history, row_ids="keep"), view
+
+
+def _register_backbones() -> None:
+    with contextlib.suppress(ImportError):
+        import cellseg.backbones  # noqa: F401  (registers resunet/resnet50)
+
+
+_IMAGE_PORT_DOC = ("Table with an image column (TIFF bytes or file paths) and an instance label column "
+                   "(TIFF bytes or paths; 0 = background, one integer per object) of the same size.")
+
+
+# -- StarDist Learner ----------------------------------------------------------------------------
+
+
+@knext.node(
+    name="StarDist Learner",
+    node_type=knext.NodeType.LEARNER,
+    icon_path=icon("learner"),
+    category=category,
+    id="learner",
+)
+@knext.input_table("Training data", _IMAGE_PORT_DOC)
+@knext.output_port("StarDist model", "The trained model (with optimised thresholds and provenance).",
+                   model_port_type)
+@knext.output_table("Training history", "One row per epoch: step, time and training/validation losses.")
+@knext.output_view("Loss curves", "Training and validation loss over the training steps.")
+class StarDistLearner:
+    """Trains a StarDist model from scratch on annotated images.
+
+    StarDist detects star-convex objects such as cell nuclei: for every pixel it predicts the probability
+    of being inside an object and the distances to the object's border along a number of rays, then keeps
+    the best non-overlapping polygons. Give a table with images and their instance label images (e.g. from
+    the Nuclei Simulator or the Image Reader with a mask folder). Images are percentile-normalised, random
+    patches are augmented, and after training the probability and overlap thresholds are optimised on the
+    validation images. Training reports progress per step and can be canceled; with few annotated images
+    retraining a pretrained model (StarDist Retrainer) usually works much better.
+    """
+
+    image_column = knext.ColumnParameter("Image column", "Column with the images.", port_index=0,
+                                         column_filter=kt.is_image_column)
+    label_column = knext.ColumnParameter("Label column", "Column with the instance label images.", port_index=0,
+                                         column_filter=kt.is_image_column)
+    architecture = ArchitectureSettings()
+    training = TrainingSettings()
+    augmentation = AugmentationSettings()
+    advanced = AdvancedSettings()
+
+    def _model_config(self) -> dict[str, Any]:
+        a = self.architecture
+        divisor = a.grid * 2**a.unet_n_depth
+        p = self.training.patch_size
+        if p % divisor:
+            raise knext.InvalidParametersError(
+                f"Patch size {p} must be a multiple of {divisor} (grid {a.grid} x 2^depth {a.unet_n_depth})")
+        return {
+            "backbone": a.backbone.lower(),
+            "n_rays": a.n_rays,
+            "grid": [a.grid, a.grid],
+            "n_channel_in": a.n_channel_in,
+            "unet_n_depth": a.unet_n_depth,
+            "unet_n_filter_base": a.unet_n_filter_base,
+            "patch_size": [p, p],
+            "batch_size": self.training.batch_size,
+            "learning_rate": self.training.learning_rate,
+            "backbone_options": {"imagenet": True} if a.backbone == Backbone.RESNET50.name and a.imagenet else {},
+        }
+
+    def configure(self, config_context: knext.ConfigurationContext, table_schema: knext.Schema) -> Any:
+        _columns(self, table_schema)
+        mc = self._model_config()
+        _train_config(self.training, self.augmentation, self.advanced)
+        spec = StarDistModelSpec(summary_from_meta(mc, None, {"name": self.advanced.model_name,
+                                                              "steps_trained": 0}))
+        return spec, history_schema()
+
+    def execute(self, exec_context: knext.ExecutionContext, table: knext.Table) -> Any:
+        from cellseg.models import ModelConfig
+        from cellseg.training import train
+
+        kt.require_rows(table, "training table")
+        image_col, label_col = _columns(self, table.schema)
+        mc_dict = self._model_config()
+        tc = _train_config(self.training, self.augmentation, self.advanced)
+        images, masks, names = read_training_table(exec_context, table, image_col, label_col)
+        _register_backbones()
+        try:
+            mc = ModelConfig.from_dict(mc_dict)
+        except InputError as err:
+            raise knext.InvalidParametersError(str(err)) from err
+        exec_context.set_progress(0.1, f"building the {mc.backbone} model")
+        try:
+            result = train(images, masks, mc, tc, names=names, progress=kt.progress_fn(exec_context, 0.1, 0.98),
+                           should_cancel=exec_context.is_canceled, model_name=self.advanced.model_name,
+                           data_description=f"KNIME table, {len(images)} images",
+                           label_components=self.advanced.label_components)
+        except CancelledError as err:
+            raise kt.canceled_error(err) from err
+        except InputError as err:
+            raise ValueError(str(err)) from err
+        return _finish(exec_context, result, f"StarDist Learner: {mc.backbone}, {len(images)} images")
+
+
+# -- StarDist Retrainer --------------------------------------------------------------------------
+
+
+class Strategy(knext.EnumParameterOptions):
+    FINE_TUNE = ("Fine-tune all layers", "Train all weights from the pretrained ones (default).")
+    FREEZE_ENCODER = ("Freeze encoder", "Keep the encoder fixed; train only decoder and output heads.")
+    FREEZE_THEN_UNFREEZE = ("Freeze encoder first", "Keep the encoder fixed for the first K epochs, then "
+                            "train all layers.")
+    SLOW_ENCODER = ("Slower encoder", "Train all layers, the encoder with a lower learning rate.")
+
+
+class MixData(knext.EnumParameterOptions):
+    NONE = ("None", "Train on the input table only.")
+    SIMULATED = ("Simulated nuclei", "Mix in simulated nuclei images (all presets) to keep the model general.")
+
+
+@knext.parameter_group(label="Retraining strategy")
+class StrategySettings:
+    """How the pretrained weights are adapted."""
+
+    strategy = knext.EnumParameter("Strategy", "Which layers are trained, and how fast.",
+                                   Strategy.FINE_TUNE.name, Strategy)
+    freeze_epochs = knext.IntParameter("Frozen epochs", "Epochs with the encoder fixed.", 2, min_value=1,
+                                       max_value=10000).rule(
+        knext.OneOf(strategy, [Strategy.FREEZE_THEN_UNFREEZE.name]), knext.Effect.SHOW)
+    encoder_lr_factor = knext.DoubleParameter(
+        "Encoder learning-rate factor", "The encoder learns at this fraction of the learning rate.", 0.1,
+        min_value=0.0, max_value=1.0).rule(knext.OneOf(strategy, [Strategy.SLOW_ENCODER.name]),
+                                           knext.Effect.SHOW)
+    reinit_heads = knext.BoolParameter("Re-initialise output heads",
+                                       "Start the probability and distance outputs from random weights.", False)
+    mix_data = knext.EnumParameter("Mix in data", "Optionally mix pretraining-like data into the patches.",
+                                   MixData.NONE.name, MixData, is_advanced=True)
+    mix_fraction = knext.DoubleParameter("Mix fraction", "Share of patches drawn from the mixed-in data.",
+                                         0.25, min_value=0.01, max_value=0.99, is_advanced=True).rule(
+        knext.OneOf(mix_data, [MixData.SIMULATED.name]), knext.Effect.SHOW)
+
+
+@knext.parameter_group(label="Training")
+class RetrainingSettings:
+    """Training length, batch and patch size (0 = the model's own), learning rate, validation split, seed."""
+
+    epochs = knext.IntParameter("Epochs", "Number of epochs.", 10, min_value=1, max_value=10000)
+    steps_per_epoch = knext.IntParameter("Steps per epoch", "Optimiser steps per epoch.", 25, min_value=1,
+                                         max_value=100000)
+    batch_size = knext.IntParameter("Batch size", "Patches per step (0 = the model's own).", 4, min_value=0,
+                                    max_value=256)
+    patch_size = knext.IntParameter(
+        "Patch size", "Side of the square training patches (0 = the model's own); a multiple of the model's "
+        "grid x 2^depth, at most the image size.", 128, min_value=0, max_value=4096)
+    learning_rate = knext.DoubleParameter("Learning rate", "Adam learning rate (lower than from scratch).", 1e-4,
+                                          min_value=1e-7, max_value=0.5)
+    validation_fraction = knext.DoubleParameter(
+        "Validation fraction", "Share of images held back for validation and threshold optimisation "
+        "(with fewer than 3 images the training images are used).", 0.15, min_value=0.0, max_value=0.9)
+    seed = knext.IntParameter("Seed", "Seeds patch sampling and augmentation.", 0, min_value=0)
+
+
+@knext.node(
+    name="StarDist Retrainer",
+    node_type=knext.NodeType.LEARNER,
+    icon_path=icon("retrainer"),
+    category=category,
+    id="retrainer",
+)
+@knext.input_port("StarDist model", "The (pretrained) model to start from; it is not changed.", model_port_type)
+@knext.input_table("Training data", _IMAGE_PORT_DOC)
+@knext.output_port("StarDist model", "The retrained model; its provenance records what it came from.",
+                   model_port_type)
+@knext.output_table("Training history", "One row per epoch: step, time and training/validation losses.")
+@knext.output_view("Loss curves", "Training and validation loss over the training steps.")
+class StarDistRetrainer:
+    """Retrains a StarDist model on a few annotated images of your own (transfer learning).
+
+    Start from a pretrained model (StarDist Model Reader) and a handful of annotated images: the model keeps
+    what it learned on its large training set and adapts to your microscope, staining and cell type within
+    minutes on a CPU. Strategies: fine-tune all layers (default), freeze the encoder (always, or for the first
+    epochs), train the encoder more slowly, re-initialise the output heads, and optionally mix simulated
+    nuclei into the training patches. Thresholds are re-optimised on the validation images.
+    """
+
+    image_column = knext.ColumnParameter("Image column", "Column with the images.", port_index=1,
+                                         column_filter=kt.is_image_column)
+    label_column = knext.ColumnParameter("Label column", "Column with the instance label images.", port_index=1,
+                                         column_filter=kt.is_image_column)
+    strategy = StrategySettings()
+    training = RetrainingSettings()
+    augmentation = AugmentationSettings()
+    advanced = AdvancedSettings()
+
+    def _extra(self) -> dict[str, Any]:
+        s = self.strategy
+        extra: dict[str, Any] = {"reinit_heads": s.reinit_heads, "mix_fraction": s.mix_fraction}
+        if s.strategy == Strategy.FREEZE_ENCODER.name:
+            extra["freeze_encoder"] = True
+        elif s.strategy == Strategy.FREEZE_THEN_UNFREEZE.name:
+            extra["freeze_encoder_epochs"] = s.freeze_epochs
+        elif s.strategy == Strategy.SLOW_ENCODER.name:
+            extra["encoder_lr_factor"] = s.encoder_lr_factor
+        return extra
+
+    def _check(self, spec: StarDistModelSpec) -> None:
+        p = self.training.patch_size
+        if p and p % spec.divisor:
+            raise knext.InvalidParametersError(
+                f"Patch size {p} must be a multiple of {spec.divisor} (the model's grid x 2^depth)")
+
+    def configure(self, config_context: knext.ConfigurationContext, model_spec: StarDistModelSpec,
+                  table_schema: knext.Schema) -> Any:
+        if model_spec is None:
+            raise knext.InvalidParametersError("Connect a StarDist model")
+        _columns(self, table_schema)
+        self._check(model_spec)
+        _train_config(self.training, self.augmentation, self.advanced, **self._extra())
+        summary = dict(model_spec.summary)
+        summary["steps_trained"] = int(summary.get("steps_trained", 0)) + (
+            self.training.epochs * self.training.steps_per_epoch)
+        return StarDistModelSpec(summary), history_schema()
+
+    def execute(self, exec_context: knext.ExecutionContext, model: StarDistModelPortObject,
+                table: knext.Table) -> Any:
+        from cellseg.training import retrain
+
+        kt.require_rows(table, "training table")
+        image_col, label_col = _columns(self, table.schema)
+        self._check(model.spec)
+        tc = _train_config(self.training, self.augmentation, self.advanced, **self._extra())
+        images, masks, names = read_training_table(exec_context, table, image_col, label_col, end=0.08)
+        for name, img in zip(names, images):
+            if kt.channels_of(img) != model.spec.n_channel_in:
+                raise ValueError(f"{name}: image has {kt.channels_of(img)} channel(s) but the model expects "
+                                 f"{model.spec.n_channel_in}")
+        exec_context.set_progress(0.08, "loading the model")
+        _register_backbones()
+        base = model.model
+        kwargs: dict[str, Any] = {}
+        if self.strategy.mix_data == MixData.SIMULATED.name:
+            kwargs["mix_data"] = _simulated_mix(base, images)
+        exec_context.set_progress(0.1, "retraining")
+        try:
+            result = retrain(base, images, masks, tc, names=names, progress=kt.progress_fn(exec_context, 0.1, 0.98),
+                             should_cancel=exec_context.is_canceled,
+                             data_description=f"KNIME table, {len(images)} images",
+                             label_components=self.advanced.label_components, **kwargs)
+        except CancelledError as err:
+            raise kt.canceled_error(err) from err
+        except InputError as err:
+            raise ValueError(str(err)) from err
+        if self.advanced.model_name and self.advanced.model_name != "cellseg":
+            result.model.provenance["name"] = self.advanced.model_name
+        return _finish(exec_context, result, f"StarDist Retrainer: {len(images)} images")
+
+
+def _simulated_mix(model: Any, images: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Simulated grey images (one per preset, twice) at least as large as the training patches."""
+    from cellseg.simulate import simulate_dataset
+
+    if model.config.n_channel_in != 1:
+        raise knext.InvalidParametersError("Mixing in simulated nuclei needs a 1-channel (grey) model")
+    size = max(256, *(max(img.shape[:2]) for img in images))
+    return simulate_dataset(8, size=min(size, 512), preset="mixed", seed=12345)

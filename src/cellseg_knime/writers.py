@@ -1,0 +1,64 @@
+"""StarDist Model Writer: a model port to a stardist model folder or a .zip, written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import knime.extension as knext
+
+from cellseg import io as cio
+from cellseg.errors import InputError
+from cellseg_knime import category, icon
+from cellseg_knime import tables as kt
+from cellseg_knime.ports import StarDistModelPortObject, StarDistModelSpec, model_port_type
+
+
+@knext.node(
+    name="StarDist Model Writer",
+    node_type=knext.NodeType.SINK,
+    icon_path=icon("model_writer"),
+    category=category,
+    id="model_writer",
+)
+@knext.input_port("StarDist model", "The model to write.", model_port_type)
+class ModelWriter:
+    """Writes a StarDist model to a folder or a .zip file.
+
+    A folder gets stardist's own layout (``config.json``, ``thresholds.json``, ``weights_best.h5``) plus
+    ``cellseg.json`` with the architecture and provenance, so plain stardist in Python
+    (``StarDist2D(None, name=..., basedir=...)``), the cellseg command line and the StarDist Model Reader can
+    load it. A path ending in ``.zip`` writes the same files zipped. Files are written to a temporary sibling
+    first and then renamed, so an interrupted write never leaves a half-written model.
+    """
+
+    path = knext.StringParameter("Model folder or zip",
+                                 "Where to write the model; a path ending in .zip writes a zip file.", "")
+    overwrite = knext.BoolParameter("Overwrite", "Replace an existing model at the path.", False)
+
+    def _target(self) -> Path:
+        path = kt.check_path(self.path, "Model folder or zip", must_exist=False)
+        if path.exists() and not self.overwrite:
+            raise knext.InvalidParametersError(f"'{path}' exists; enable Overwrite to replace it")
+        if path.exists() and path.is_dir() != (path.suffix.lower() != ".zip"):
+            raise knext.InvalidParametersError(
+                f"'{path}' exists and is a {'folder' if path.is_dir() else 'file'}; choose another path")
+        return path
+
+    def configure(self, config_context: knext.ConfigurationContext, model_spec: StarDistModelSpec) -> None:
+        if model_spec is None:
+            raise knext.InvalidParametersError("Connect a StarDist model")
+        self._target()
+
+    def execute(self, exec_context: knext.ExecutionContext, model: StarDistModelPortObject) -> None:
+        path = self._target()
+        exec_context.set_progress(0.1, f"writing {path}")
+        try:
+            if path.suffix.lower() == ".zip":
+                cio.write_bytes_atomic(path, model.data)
+            else:
+                model.model.save(path)
+        except InputError as err:
+            raise ValueError(str(err)) from err
+        except OSError as err:
+            raise ValueError(f"cannot write the model to '{path}': {err.strerror or err}") from err
+        exec_context.set_progress(1.0, f"wrote {path}")

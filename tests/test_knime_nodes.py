@@ -1,0 +1,373 @@
+"""The KNIME nodes on tiny data: configure schemas/specs, execute, progress, cancellation and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import knime.extension as knext
+import knime.extension.testing as ktest
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cellseg.io import decode_tiff, encode_tiff, write_image
+from cellseg_knime import compat
+from cellseg_knime.learners import HISTORY_COLUMNS, StarDistLearner, StarDistRetrainer
+from cellseg_knime.ports import StarDistModelPortObject, StarDistModelSpec, summary_from_bundle
+from cellseg_knime.predictor import StarDistPredictor
+from cellseg_knime.scorer import StarDistScorer
+from cellseg_knime.sources import ImageReader, ModelReader, NucleiSimulator
+from cellseg_knime.writers import ModelWriter
+
+CFG = ktest.TestingConfigurationContext
+
+
+def table_of(df: pd.DataFrame, batch_rows: int | None = None) -> knext.Table:
+    table = knext.Table.from_pandas(df)
+    if batch_rows and compat.using_standin():
+        table._batch_size = batch_rows  # stand-in only: several batches from table.batches()
+    return table
+
+
+def image_df(images: list, labels: list | None = None) -> pd.DataFrame:
+    data = {"name": [f"im{i}" for i in range(len(images))], "image": [encode_tiff(i) for i in images]}
+    if labels is not None:
+        data["labels"] = [encode_tiff(m) for m in labels]
+    return pd.DataFrame(data)
+
+
+def same_schema(configured: knext.Schema, table: object) -> None:
+    """Column names and types of an output table (non-empty columns) equal the configured schema."""
+    df = table.to_pandas()  # type: ignore[attr-defined]
+    assert list(df.columns) == configured.column_names
+    actual = {c.name: c.ktype for c in table.schema}  # type: ignore[attr-defined]
+    for col in configured:
+        if len(df) and df[col.name].notna().all():
+            assert actual[col.name] == col.ktype, (col.name, actual[col.name], col.ktype)
+
+
+@pytest.fixture()
+def model_port(knime_model_bytes: bytes) -> StarDistModelPortObject:
+    return StarDistModelPortObject.deserialize(StarDistModelSpec(summary_from_bundle(knime_model_bytes)),
+                                               knime_model_bytes)
+
+
+# -- Nuclei Simulator ---------------------------------------------------------------------------
+
+
+def test_simulator(knime_ctx) -> None:
+    node = NucleiSimulator()
+    node.n_images = 3
+    node.image_size = 48
+    node.preset = "MIXED"
+    schema = node.configure(CFG())
+    ctx = knime_ctx.make()
+    out = node.execute(ctx, )
+    same_schema(schema, out)
+    df = out.to_pandas()
+    assert list(df.index) == ["Row0", "Row1", "Row2"]
+    img, lbl = decode_tiff(df["image"].iloc[0]), decode_tiff(df["labels"].iloc[0])
+    assert img.shape == lbl.shape == (48, 48) and img.dtype == np.uint16
+    assert df["n_objects"].iloc[0] == len(np.unique(lbl)) - 1
+    assert isinstance(df["preview"].iloc[0], Image.Image)
+    assert ctx.progress[-1][0] == 1.0 and all(m for _, m in ctx.progress)
+    again = node.execute(knime_ctx.make()).to_pandas()
+    assert again["image"].iloc[2] == df["image"].iloc[2]  # deterministic
+    with pytest.raises(ValueError):
+        node.n_images = 0  # min checked on set
+    with pytest.raises(ValueError):
+        node.preset = "NOPE"
+    with pytest.raises(RuntimeError, match="canceled"):
+        node.execute(knime_ctx.make(cancel_after=1))
+
+
+# -- Image Reader -------------------------------------------------------------------------------
+
+
+def test_image_reader(tmp_path: Path, tiny_dataset, knime_ctx) -> None:
+    images, labels = tiny_dataset
+    for i, (img, lbl) in enumerate(zip(images, labels)):
+        write_image(tmp_path / "img" / f"a{i}.tif", img)
+        write_image(tmp_path / "msk" / f"a{i}.png", lbl)
+    node = ImageReader()
+    node.path = str(tmp_path / "img")
+    node.mask_folder = str(tmp_path / "msk")
+    schema = node.configure(CFG())
+    out = node.execute(knime_ctx.make())
+    same_schema(schema, out)
+    df = out.to_pandas()
+    assert list(df["image_name"]) == ["a0", "a1", "a2"]
+    np.testing.assert_array_equal(decode_tiff(df["image"].iloc[1]), images[1])
+    np.testing.assert_array_equal(decode_tiff(df["labels"].iloc[1]), labels[1])
+    assert list(df[["height", "width", "channels"]].iloc[0]) == [64, 64, 1]
+
+    node.content = "PATH"
+    node.path = str(tmp_path / "img" / "a[01].tif")
+    schema = node.configure(CFG())
+    df = node.execute(knime_ctx.make()).to_pandas()
+    assert schema.column_names == ["image_name", "image_path", "label_path"]
+    assert len(df) == 2 and Path(df["label_path"].iloc[0]).name == "a0.png"
+
+    (tmp_path / "msk" / "a2.png").unlink()
+    node.content = "IMAGE"
+    node.path = str(tmp_path / "img")
+    with pytest.raises(ValueError, match="no mask for 1 image"):
+        node.execute(knime_ctx.make())
+    node.mask_folder = ""
+    (tmp_path / "img" / "a1.tif").write_bytes(b"II*\x00broken")
+    with pytest.raises(ValueError, match="a1.tif"):
+        node.execute(knime_ctx.make())
+    node.path = str(tmp_path / "nowhere")
+    with pytest.raises(knext.InvalidParametersError, match="does not exist"):
+        node.configure(CFG())
+    node.path = ""
+    with pytest.raises(knext.InvalidParametersError):
+        node.configure(CFG())
+
+
+# -- Model Reader / Writer ----------------------------------------------------------------------
+
+
+def test_model_writer_and_reader(tmp_path: Path, model_port, knime_ctx) -> None:
+    writer = ModelWriter()
+    writer.path = str(tmp_path / "model.zip")
+    writer.configure(CFG(), model_port.spec)
+    writer.execute(knime_ctx.make(), model_port)
+    assert (tmp_path / "model.zip").read_bytes() == model_port.serialize()
+    with pytest.raises(knext.InvalidParametersError, match="Overwrite"):
+        writer.configure(CFG(), model_port.spec)
+    writer.path = str(tmp_path / "folder" / "model")
+    writer.execute(knime_ctx.make(), model_port)
+    assert (tmp_path / "folder" / "model" / "config.json").is_file()
+    assert not [p for p in (tmp_path / "folder").iterdir() if p.name.startswith(".")]  # no temporaries
+    writer.path = ""
+    with pytest.raises(knext.InvalidParametersError):
+        writer.configure(CFG(), model_port.spec)
+
+    reader = ModelReader()
+    reader.source = "FILE"
+    for path in (tmp_path / "model.zip", tmp_path / "folder" / "model"):
+        reader.path = str(path)
+        spec = reader.configure(CFG())
+        assert spec.summary == model_port.spec.summary
+        ctx = knime_ctx.make()
+        port = reader.execute(ctx, )
+        assert port.spec.n_rays == 16 and port.model.config.unet_n_depth == 2
+        assert ctx.progress
+    reader.path = str(tmp_path / "missing.zip")
+    with pytest.raises(knext.InvalidParametersError, match="does not exist"):
+        reader.configure(CFG())
+    (tmp_path / "bad.zip").write_bytes(b"nope")
+    reader.path = str(tmp_path / "bad.zip")
+    with pytest.raises(knext.InvalidParametersError, match="not a model zip"):
+        reader.configure(CFG())
+    reader.source = "PRETRAINED"
+    reader.pretrained_name = "2D_versatile_he"
+    assert reader.configure(CFG()).n_channel_in == 3
+
+
+# -- Learner ------------------------------------------------------------------------------------
+
+
+def test_learner_configure_and_execute(tiny_learner) -> None:
+    node, ctx, (port, history, view), (spec, hist_schema) = tiny_learner
+    assert node.image_column == "image" and node.label_column == "labels"  # auto-selected
+    assert isinstance(spec, StarDistModelSpec) and spec.n_rays == 16 and spec.divisor == 8
+    assert isinstance(port, StarDistModelPortObject)
+    for key in ("backbone", "n_rays", "grid", "n_channel_in", "patch_size", "divisor"):
+        assert port.spec.summary[key] == spec.summary[key]
+    assert port.spec.summary["steps_trained"] == 2
+    assert hist_schema.column_names == [n for n, _ in HISTORY_COLUMNS]
+    same_schema(hist_schema, history)
+    assert list(history.to_pandas().index) == ["Epoch 1", "Epoch 2"]
+    assert view.render()[:4] == b"\x89PNG"
+    fractions = [p for p, _ in ctx.progress]
+    assert all(b >= a - 1e-9 for a, b in zip(fractions, fractions[1:])) and fractions[-1] == 1.0
+    assert any(m and "step 2/2" in m for _, m in ctx.progress)
+
+
+def _learner(**training: int) -> StarDistLearner:
+    node = StarDistLearner()
+    node.architecture.n_rays = 16
+    node.architecture.unet_n_depth = 2
+    node.architecture.unet_n_filter_base = 8
+    node.training.patch_size = 64
+    node.training.batch_size = 2
+    node.advanced.optimize_thresholds = False
+    for k, v in training.items():
+        setattr(node.training, k, v)
+    return node
+
+
+def test_learner_cancel_mid_training(tiny_dataset, knime_ctx) -> None:
+    images, labels = tiny_dataset
+    node = _learner(epochs=5, steps_per_epoch=20)
+    ctx = knime_ctx.make(cancel_after=5)  # 3 reading steps + model + 1 training step
+    with pytest.raises(RuntimeError, match="canceled"):
+        node.execute(ctx, table_of(image_df(images, labels)))
+    assert len([m for _, m in ctx.progress if m and m.startswith("step")]) <= 2
+
+
+def test_learner_bad_input(tiny_dataset, knime_ctx) -> None:
+    images, labels = tiny_dataset
+    node = _learner()
+    good = image_df(images, labels)
+    with pytest.raises(knext.InvalidParametersError, match="no binary"):
+        node.configure(CFG(), knext.Schema.from_columns([knext.Column(knext.int64(), "x")]))
+    node.image_column = "name"
+    node.label_column = "labels"
+    schema = table_of(good).schema
+    with pytest.raises(ValueError, match="Row 'Row0'.*'name'"):  # a string column that holds no paths
+        node.execute(knime_ctx.make(), table_of(good))
+    node.image_column = "missing"
+    with pytest.raises(knext.InvalidParametersError, match="'missing'"):
+        node.configure(CFG(), schema)
+    ints = good.assign(count=1)
+    node.image_column = "count"
+    with pytest.raises(knext.InvalidParametersError, match="'count' has type"):
+        node.configure(CFG(), table_of(ints).schema)
+    node.image_column = "image"
+    node.training.patch_size = 60
+    with pytest.raises(knext.InvalidParametersError, match="multiple of 8"):
+        node.configure(CFG(), schema)
+    node.training.patch_size = 64
+    with pytest.raises(ValueError, match="empty"):
+        node.execute(knime_ctx.make(), table_of(good.iloc[:0]))
+    missing = good.copy()
+    missing.loc[1, "labels"] = None
+    with pytest.raises(ValueError, match="Row 'Row1'.*missing"):
+        node.execute(knime_ctx.make(), table_of(missing))
+    corrupt = good.copy()
+    corrupt.loc[2, "image"] = b"garbage"
+    with pytest.raises(ValueError, match="Row 'Row2'.*corrupt"):
+        node.execute(knime_ctx.make(), table_of(corrupt))
+    mismatch = good.copy()
+    mismatch.loc[0, "labels"] = encode_tiff(labels[0][:32])
+    with pytest.raises(ValueError, match="Row 'Row0'.*does not match"):
+        node.execute(knime_ctx.make(), table_of(mismatch))
+    rgb = good.copy()
+    rgb.loc[0, "image"] = encode_tiff(np.stack([images[0]] * 3, -1))
+    with pytest.raises(ValueError, match="Row 'Row0'.*3 channel"):
+        node.execute(knime_ctx.make(), table_of(rgb))
+
+
+# -- Retrainer ----------------------------------------------------------------------------------
+
+
+def test_retrainer(tiny_dataset, model_port, knime_ctx) -> None:
+    images, labels = tiny_dataset
+    node = StarDistRetrainer()
+    node.training.epochs = 1
+    node.training.steps_per_epoch = 2
+    node.training.patch_size = 64
+    node.training.batch_size = 2
+    node.advanced.optimize_thresholds = False
+    node.strategy.strategy = "FREEZE_ENCODER"
+    table = table_of(image_df(images, labels), batch_rows=2)
+    spec, hist_schema = node.configure(CFG(), model_port.spec, table.schema)
+    assert spec.summary["steps_trained"] == model_port.spec.summary["steps_trained"] + 2
+    ctx = knime_ctx.make()
+    port, history, view = node.execute(ctx, model_port, table)
+    same_schema(hist_schema, history)
+    assert port.spec.summary["steps_trained"] == spec.summary["steps_trained"]
+    assert port.model.provenance["retrained_from"][-1]["steps_trained"] == 2
+    assert ctx.progress[-1][0] == 1.0 and view.render()[:4] == b"\x89PNG"
+
+    node.training.patch_size = 12
+    with pytest.raises(knext.InvalidParametersError, match="multiple of 8"):
+        node.configure(CFG(), model_port.spec, table.schema)
+    node.training.patch_size = 64
+    rgb = table_of(image_df([np.stack([i] * 3, -1) for i in images], labels))
+    with pytest.raises(ValueError, match="Row 'Row0'.*3 channel.*expects 1"):
+        node.execute(knime_ctx.make(), model_port, rgb)
+
+
+# -- Predictor ----------------------------------------------------------------------------------
+
+
+def test_predictor(tiny_dataset, model_port, knime_ctx) -> None:
+    images, labels = tiny_dataset
+    df = image_df(images, labels)
+    df.index = pd.Index(["a", "b", "c"], dtype=object)
+    table = table_of(df, batch_rows=2)
+    node = StarDistPredictor()
+    node.advanced.batch_size = 2
+    node.thresholds.use_model_thresholds = False
+    node.thresholds.prob_thresh = 0.3
+    schema, obj_schema = node.configure(CFG(), model_port.spec, table.schema)
+    assert schema.column_names == ["name", "image", "labels", "labels (#1)", "n_objects", "preview"]
+    assert node.image_column == "image"
+    ctx = knime_ctx.make()
+    out, objects = node.execute(ctx, model_port, table)
+    same_schema(schema, out)
+    odf = out.to_pandas()
+    assert list(odf.index) == ["a", "b", "c"]
+    lbl = decode_tiff(odf["labels (#1)"].iloc[0])
+    assert lbl.shape == (64, 64) and lbl.dtype in (np.uint16, np.uint32)
+    assert odf["n_objects"].iloc[0] == len(np.unique(lbl)) - (1 if (lbl == 0).any() else 0)
+    assert isinstance(odf["preview"].iloc[0], Image.Image)
+    objs = objects.to_pandas()
+    assert obj_schema.column_names == list(objs.columns)
+    assert set(objs["source_row_id"]) <= {"a", "b", "c"}
+    assert len(objs) == odf["n_objects"].sum()
+    if len(objs):
+        same_schema(obj_schema, objects)
+        assert objs["polygon"].iloc[0].startswith("POLYGON ((")
+    assert ctx.progress[-1][0] == 1.0 and "segmented 3 of 3" in ctx.progress[-1][1]
+    assert ctx.cancel_polls >= 2  # polled between batches
+
+    with pytest.raises(RuntimeError, match="canceled"):
+        node.execute(knime_ctx.make(cancel_after=1), model_port, table)
+    bad = df.copy()
+    bad.loc["b", "image"] = b"\x00\x01"
+    with pytest.raises(ValueError, match="Row 'b'"):
+        node.execute(knime_ctx.make(), model_port, table_of(bad))
+    rgb = image_df([np.stack([images[0]] * 3, -1)])
+    with pytest.raises(ValueError, match="Row 'Row0'.*3 channel"):
+        node.execute(knime_ctx.make(), model_port, table_of(rgb))
+    node.mode = "LARGE_IMAGE"
+    node.image_column = "image"
+    node.large_image.output_folder = "/tmp/x"
+    with pytest.raises(knext.InvalidParametersError, match="string"):
+        node.configure(CFG(), model_port.spec, table.schema)
+    with pytest.raises(ValueError):
+        node.large_image.tile_size = 8  # below min
+
+
+# -- Scorer -------------------------------------------------------------------------------------
+
+
+def test_scorer(tiny_dataset, knime_ctx) -> None:
+    from cellseg.metrics import score_dataset
+
+    _, labels = tiny_dataset
+    preds = [np.where(np.roll(m, 2, axis=1) > 0, np.roll(m, 2, axis=1), 0) for m in labels]
+    preds[1] = np.zeros_like(preds[1])  # an image without predictions
+    df = pd.DataFrame({"labels": [encode_tiff(m) for m in labels], "prediction": [encode_tiff(p) for p in preds]})
+    node = StarDistScorer()
+    per_schema, sum_schema = node.configure(CFG(), table_of(df).schema)
+    assert (node.truth_column, node.prediction_column) == ("labels", "prediction")
+    ctx = knime_ctx.make()
+    per_image, summary = node.execute(ctx, table_of(df, batch_rows=2))
+    same_schema(per_schema, per_image)
+    same_schema(sum_schema, summary)
+    assert len(per_image.to_pandas()) == 30
+    _, expected = score_dataset(labels, preds)
+    got = summary.to_pandas().reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, expected, check_exact=False, atol=1e-9)
+    assert ctx.flow_variables["cellseg_ap50"] == pytest.approx(expected["accuracy"].iloc[0])
+    assert ctx.flow_variables["cellseg_mean_ap"] == pytest.approx(expected["accuracy"].mean())
+
+    node.prediction_column = "labels"
+    with pytest.raises(knext.InvalidParametersError, match="same column"):
+        node.configure(CFG(), table_of(df).schema)
+    node.prediction_column = "prediction"
+    bad = df.copy()
+    bad.loc[2, "prediction"] = encode_tiff(preds[2][:40])
+    with pytest.raises(ValueError, match="Row 'Row2'.*does not match"):
+        node.execute(knime_ctx.make(), table_of(bad))
+    with pytest.raises(ValueError):
+        node.iou_thresholds = "0.5, abc"
+    with pytest.raises(ValueError, match="empty"):
+        node.execute(knime_ctx.make(), table_of(df.iloc[:0]))

@@ -1,0 +1,153 @@
+"""Models, bundles and prediction: creation, save/load round trips, stardist compatibility, bad input."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from cellseg import metrics
+from cellseg.errors import InputError, ModelLoadError
+from cellseg.models import BUNDLE_FILES, CellsegModel, ModelConfig, load_model, pretrained_names
+from cellseg.prediction import OBJECT_COLUMNS, predict
+
+
+def test_model_config_validation_names_the_parameter():
+    with pytest.raises(InputError, match="patch_size"):
+        ModelConfig(patch_size=(100, 100))
+    with pytest.raises(InputError, match="n_rays"):
+        ModelConfig(n_rays=2)
+    with pytest.raises(InputError, match="backbone"):
+        ModelConfig(backbone="vgg")
+    assert ModelConfig(unet_n_depth=2, grid=(2, 2)).divisor == 8
+
+
+def test_trained_model_beats_untrained(tiny_trained, tiny_config, easy_data):
+    _, (images, masks) = easy_data
+    untrained = CellsegModel.create(tiny_config, seed=0)
+
+    def f1(model):
+        preds = [predict(model, im)[0] for im in images]
+        _, summary = metrics.score_dataset(masks, preds)
+        return float(summary.set_index("iou_threshold").loc[0.5, "f1"])
+
+    trained_f1, untrained_f1 = f1(tiny_trained.model), f1(untrained)
+    assert trained_f1 > 0.5, trained_f1
+    assert trained_f1 > untrained_f1 + 0.3, (trained_f1, untrained_f1)
+
+
+def test_predict_objects_table(tiny_model_bytes, easy_data):
+    model = load_model(tiny_model_bytes)
+    _, (images, _) = easy_data
+    labels, objects = predict(model, images[0])
+    assert labels.shape == images[0].shape and labels.dtype == np.int32
+    assert list(objects.columns) == OBJECT_COLUMNS
+    present = set(np.unique(labels)) - {0}
+    assert set(objects["label"]) == present
+    row = objects.iloc[0]
+    assert row["area"] == int((labels == row["label"]).sum())
+    assert 0 <= row["probability"] <= 1
+    assert row["polygon"].startswith("POLYGON ((")
+    ys, xs = np.nonzero(labels == row["label"])
+    assert abs(row["centroid_y"] - ys.mean()) < 1e-6 and abs(row["centroid_x"] - xs.mean()) < 1e-6
+    # explicit thresholds: a prob threshold of 1 finds nothing
+    labels_none, objects_none = predict(model, images[0], prob_thresh=1.0)
+    assert labels_none.max() == 0 and len(objects_none) == 0
+    # n_tiles gives (nearly) the same segmentation
+    tiled, _ = predict(model, images[0], n_tiles=(2, 2))
+    _, summary = metrics.score_dataset([labels], [tiled])
+    assert metrics.ap_at(summary, 0.5) > 0.9
+
+
+def test_bytes_round_trip_is_bit_exact_and_predicts_the_same(tiny_model_bytes, easy_data):
+    _, (images, _) = easy_data
+    model = load_model(tiny_model_bytes)
+    assert model.to_bytes() == tiny_model_bytes
+    with zipfile.ZipFile(__import__("io").BytesIO(tiny_model_bytes)) as zf:
+        assert zf.namelist() == list(BUNDLE_FILES)
+        meta = json.loads(zf.read("cellseg.json"))
+    assert meta["provenance"]["steps_trained"] == 160
+    assert meta["provenance"]["trainings"][0]["history"]
+    again = load_model(model.to_bytes())
+    a, b = predict(model, images[1])[0], predict(again, images[1])[0]
+    np.testing.assert_array_equal(a, b)
+    assert again.thresholds == model.thresholds
+    # changing thresholds changes the bytes
+    again.thresholds = {"prob": 0.9, "nms": 0.3}
+    assert again.to_bytes() != tiny_model_bytes
+
+
+def test_folder_save_is_loadable_by_plain_stardist(tmp_path, tiny_model_bytes, easy_data):
+    from csbdeep.utils import normalize
+    from stardist.models import StarDist2D
+
+    _, (images, _) = easy_data
+    model = load_model(tiny_model_bytes)
+    out = model.save(tmp_path / "mymodel")
+    assert sorted(p.name for p in out.iterdir()) == sorted(BUNDLE_FILES)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folder left behind"
+    sd = StarDist2D(None, name="mymodel", basedir=str(tmp_path))
+    ours, _ = predict(model, images[2])
+    theirs, _ = sd.predict_instances(normalize(images[2], 1, 99.8, axis=(0, 1)))
+    np.testing.assert_array_equal(ours, theirs)
+    # and our loader reads the folder (and a zip of it) back
+    np.testing.assert_array_equal(predict(load_model(out), images[2])[0], ours)
+    model.save(tmp_path / "m.zip")
+    np.testing.assert_array_equal(predict(load_model(tmp_path / "m.zip"), images[2])[0], ours)
+
+
+def test_save_overwrites_atomically(tmp_path, tiny_model_bytes):
+    model = load_model(tiny_model_bytes)
+    model.save(tmp_path / "m")
+    (tmp_path / "m" / "stale.txt").write_text("old")
+    model.save(tmp_path / "m")
+    assert not (tmp_path / "m" / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_bad_model_sources(tmp_path):
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="no weights"):
+        load_model(tmp_path)
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    with pytest.raises(ModelLoadError, match="not a model zip"):
+        load_model(tmp_path / "junk.zip")
+    with pytest.raises(ModelLoadError, match="not a valid model zip"):
+        load_model(b"garbage")
+    with pytest.raises(ModelLoadError, match="not found.*names"):
+        load_model("no_such_model_name")
+
+
+def test_stardist_pretrained_offline_gives_clear_error(monkeypatch):
+    from stardist.models import StarDist2D
+
+    def offline(*args, **kwargs):
+        raise OSError("URL fetch failure: no network")
+
+    monkeypatch.setattr(StarDist2D, "from_pretrained", classmethod(lambda cls, name: offline()))
+    with pytest.raises(ModelLoadError, match="offline.*folder"):
+        load_model("2D_versatile_fluo")
+    assert "2D_versatile_fluo" in pretrained_names()
+
+
+def test_predict_bad_input(tiny_model_bytes):
+    model = load_model(tiny_model_bytes)
+    with pytest.raises(InputError, match="channel"):
+        predict(model, np.zeros((64, 64, 3), np.float32), name="rgb.tif")
+    bad = np.ones((64, 64), np.float32)
+    bad[3, 3] = np.nan
+    with pytest.raises(InputError, match="nan.tif"):
+        predict(model, bad, name="nan.tif")
+    with pytest.raises(InputError, match="prob_thresh"):
+        predict(model, np.ones((64, 64)), prob_thresh=2)
+
+
+def test_summary_is_json_able(tiny_model_bytes):
+    s = load_model(tiny_model_bytes).summary()
+    json.dumps(s)
+    assert s["backbone"] == "unet" and s["n_rays"] == 16 and s["steps_trained"] == 160
+    assert set(s["thresholds"]) == {"prob", "nms"}
