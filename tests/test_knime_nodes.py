@@ -347,7 +347,7 @@ def test_scorer(tiny_dataset, knime_ctx) -> None:
     df = pd.DataFrame({"labels": [encode_tiff(m) for m in labels], "prediction": [encode_tiff(p) for p in preds]})
     node = StarDistScorer()
     per_schema, sum_schema = node.configure(CFG(), table_of(df).schema)
-    assert (node.truth_column, node.prediction_column) == ("labels", "prediction")
+    assert (node.truth_column, node.prediction_columns) == ("labels", ["prediction"])
     ctx = knime_ctx.make()
     per_image, summary = node.execute(ctx, table_of(df, batch_rows=2))
     same_schema(per_schema, per_image)
@@ -355,14 +355,26 @@ def test_scorer(tiny_dataset, knime_ctx) -> None:
     assert len(per_image.to_pandas()) == 30
     _, expected = score_dataset(labels, preds)
     got = summary.to_pandas().reset_index(drop=True)
+    assert set(got.pop("prediction")) == {"prediction"}
     pd.testing.assert_frame_equal(got, expected, check_exact=False, atol=1e-9)
     assert ctx.flow_variables["cellseg_ap50"] == pytest.approx(expected["accuracy"].iloc[0])
     assert ctx.flow_variables["cellseg_mean_ap"] == pytest.approx(expected["accuracy"].mean())
 
-    node.prediction_column = "labels"
-    with pytest.raises(knext.InvalidParametersError, match="same column"):
+    # two prediction columns (before / after): one block of rows each, in column order
+    df2 = df.assign(perfect=df["labels"])
+    node2 = StarDistScorer()
+    node2.configure(CFG(), table_of(df2).schema)
+    assert node2.prediction_columns == ["prediction", "perfect"]
+    per2, sum2 = node2.execute(knime_ctx.make(), table_of(df2))
+    s2 = sum2.to_pandas()
+    assert list(s2["prediction"]) == ["prediction"] * 10 + ["perfect"] * 10
+    assert (s2[s2["prediction"] == "perfect"]["accuracy"] == 1.0).all()
+    assert len(per2.to_pandas()) == 60
+
+    node.prediction_columns = ["labels"]
+    with pytest.raises(knext.InvalidParametersError, match="also selected"):
         node.configure(CFG(), table_of(df).schema)
-    node.prediction_column = "prediction"
+    node.prediction_columns = ["prediction"]
     bad = df.copy()
     bad.loc[2, "prediction"] = encode_tiff(preds[2][:40])
     with pytest.raises(ValueError, match="Row 'Row2'.*does not match"):

@@ -370,6 +370,8 @@ def _assert_model_matches(model: dict, schema: dict, where: str) -> None:
         assert key in model, f"{where}: missing {key}"
         if info.children is not None:
             _assert_model_matches(model[key], info.children, f"{where}:{key}")
+        elif info.xtype == wf.STRING_ARRAY:
+            assert isinstance(model[key], dict), f"{where}: {key}"  # a string-array config
         else:
             assert isinstance(model[key], Entry) and model[key].type == info.xtype, f"{where}: {key}"
 
@@ -415,12 +417,14 @@ def _run(name: str, out: Path, overrides: list[str]) -> wf.RunResult:
     return result
 
 
-def _check_scores(result: wf.RunResult, scorer_id: int) -> pd.DataFrame:
+def _check_scores(result: wf.RunResult, scorer_id: int, predictions: tuple[str, ...] = ("labels",)) -> pd.DataFrame:
     per_image, summary = result.tables[(scorer_id, 0)], result.tables[(scorer_id, 1)]
     for table in (per_image, summary):
         for col in ("precision", "recall", "f1", "accuracy", "panoptic_quality"):
             assert table[col].between(0, 1).all(), col
-    assert list(summary["iou_threshold"])[0] == 0.5 and len(summary) == 10
+    assert list(summary["prediction"].unique()) == list(predictions)
+    for _, rows in summary.groupby("prediction"):
+        assert list(rows["iou_threshold"])[0] == 0.5 and len(rows) == 10
     folder = result.node_dir(scorer_id)
     assert (folder / "port2_summary.csv").is_file() and (folder / "port1_scores_per_image.csv").is_file()
     return summary
@@ -442,7 +446,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, ext: wf.Extension) -> tupl
 def test_train_simulated(trained: tuple[wf.RunResult, Path]) -> None:
     result, model = trained
     assert model.is_file() and zipfile.is_zipfile(model)
-    _check_scores(result, 5)
+    _check_scores(result, 5, ("labels (#1)",))
     assert len(result.tables[(3, 1)]) == 1  # training history: one epoch
     assert result.node_dir(3).name == "3_stardist_learner_train_from_scratch"
     assert (result.node_dir(3) / "view.html").is_file()
@@ -462,11 +466,9 @@ def test_retrain_headline(trained: tuple[wf.RunResult, Path], data: dict[str, Pa
         f"training images.path={d / 'train/images'}", f"training images.mask_folder={d / 'train/masks'}",
         f"test images.path={d / 'test/images'}", f"test images.mask_folder={d / 'test/masks'}",
         *[f"StarDist Retrainer.{o}" for o in TINY_TRAINING]])
-    nodes = result.workflow.nodes
-    by_note = {nodes[i].annotation: i for i in result.node_ids("StarDist Scorer")}
-    assert set(by_note) == {"scores before", "scores after"}
-    before, after = (_check_scores(result, by_note[k]) for k in ("scores before", "scores after"))
-    assert len(before) == len(after) == 10  # the summary rows before and after retraining
+    (scorer,) = result.node_ids("StarDist Scorer")
+    summary = _check_scores(result, scorer, ("before", "after"))  # one table: rows before and after retraining
+    assert len(summary) == 20
     assert (tmp_path / "out" / "models" / "retrained.zip").is_file()
 
 
@@ -495,7 +497,5 @@ def test_transfer_learning_eval(trained: tuple[wf.RunResult, Path], data: dict[s
         f"test images.path={d / 'test/images'}", f"test images.mask_folder={d / 'test/masks'}",
         *[f"StarDist Retrainer.{o}" for o in TINY_TRAINING], *[f"StarDist Learner.{o}" for o in TINY_TRAINING],
         "StarDist Learner.architecture.unet_n_depth=2", "StarDist Learner.architecture.unet_n_filter_base=8"])
-    notes = {result.workflow.nodes[i].annotation for i in result.node_ids("StarDist Scorer")}
-    assert notes == {"pretrained scores", "retrained scores", "scratch scores"}
-    for i in result.node_ids("StarDist Scorer"):
-        _check_scores(result, i)
+    (scorer,) = result.node_ids("StarDist Scorer")
+    _check_scores(result, scorer, ("pretrained", "retrained", "scratch"))

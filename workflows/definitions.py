@@ -49,12 +49,12 @@ RETRAIN = WorkflowDef(
     description=(
         "Transfer learning, the headline use of cellseg: the pretrained StarDist model dsb2018_simmix is "
         "retrained on 4 annotated images and both models segment 4 held-back test images, which are scored "
-        "against their ground truth before and after retraining (StarDist Scorer, IoU 0.5-0.95). The retrained "
+        "against their ground truth before and after retraining in one StarDist Scorer table (rows 'before' and 'after', IoU 0.5-0.95). The retrained "
         "model is written to models/retrained.zip. Point the two Image Readers at your own image and mask "
         "folders (same file names) to adapt the model to your microscope."
     ),
     notes="Retrain StarDist on a few annotated images: pretrained model + 4 annotated images -> Retrainer; "
-          "the test images are segmented and scored before (upper) and after (lower) retraining.",
+          "the test images are segmented before and after retraining and scored in one table.",
     tags=("StarDist", "segmentation", "transfer learning", "nuclei"),
     nodes=[
         NodeDef(1, "model_reader", {"source": "PRETRAINED", "pretrained_name": PRETRAINED},
@@ -65,19 +65,18 @@ RETRAIN = WorkflowDef(
                 annotation="test images"),
         NodeDef(4, "retrainer", {"training.epochs": 10, "training.steps_per_epoch": 25,
                                  "advanced.model_name": "retrained"}, annotation="retrain"),
-        NodeDef(5, "predictor", annotation="before"),
-        NodeDef(6, "predictor", annotation="after"),
-        NodeDef(7, "scorer", annotation="scores before"),
-        NodeDef(8, "scorer", annotation="scores after"),
-        NodeDef(9, "model_writer", {"path": "models/retrained.zip", "overwrite": True},
+        NodeDef(5, "predictor", {"output_column": "before", "output.preview": False}, annotation="before"),
+        NodeDef(6, "predictor", {"output_column": "after"}, annotation="after"),
+        NodeDef(7, "scorer", annotation="scores before and after"),
+        NodeDef(8, "model_writer", {"path": "models/retrained.zip", "overwrite": True},
                 annotation="retrained model"),
     ],
     connections=[
         c(1, 0, 4, 0), c(2, 0, 4, 1),
         c(1, 0, 5, 0), c(3, 0, 5, 1),
-        c(4, 0, 6, 0), c(3, 0, 6, 1),
-        c(5, 0, 7, 0), c(6, 0, 8, 0),
-        c(4, 0, 9, 0),
+        c(4, 0, 6, 0), c(5, 0, 6, 1),
+        c(6, 0, 7, 0),
+        c(4, 0, 8, 0),
     ],
     data=annotated_sample,
 )
@@ -152,8 +151,8 @@ TRANSFER = WorkflowDef(
         "threshold, pooled over the images) shows precision, recall, F1, accuracy (DSB average precision) "
         "and panoptic quality per arm."
     ),
-    notes="Transfer-learning evaluation on n images: pretrained as is (top), pretrained + retrained (middle) "
-          "and trained from scratch (bottom), scored on the same test images.",
+    notes="Transfer-learning evaluation on n images: pretrained as is, pretrained + retrained and trained "
+          "from scratch segment the same test images; one Scorer table compares the three arms.",
     tags=("StarDist", "segmentation", "transfer learning", "evaluation"),
     nodes=[
         NodeDef(1, "model_reader", {"source": "PRETRAINED", "pretrained_name": PRETRAINED},
@@ -167,19 +166,17 @@ TRANSFER = WorkflowDef(
         NodeDef(5, "learner", {"training.epochs": 10, "training.steps_per_epoch": 25,
                                "training.learning_rate": 3e-4, "advanced.model_name": "scratch"},
                 annotation="from scratch"),
-        NodeDef(6, "predictor", annotation="pretrained"),
-        NodeDef(7, "predictor", annotation="retrained"),
-        NodeDef(8, "predictor", annotation="scratch"),
-        NodeDef(9, "scorer", annotation="pretrained scores"),
-        NodeDef(10, "scorer", annotation="retrained scores"),
-        NodeDef(11, "scorer", annotation="scratch scores"),
+        NodeDef(6, "predictor", {"output_column": "pretrained", "output.preview": False}, annotation="pretrained"),
+        NodeDef(7, "predictor", {"output_column": "retrained", "output.preview": False}, annotation="retrained"),
+        NodeDef(8, "predictor", {"output_column": "scratch"}, annotation="scratch"),
+        NodeDef(9, "scorer", annotation="scores of the three arms"),
     ],
     connections=[
         c(1, 0, 4, 0), c(2, 0, 4, 1), c(2, 0, 5, 0),
         c(1, 0, 6, 0), c(3, 0, 6, 1),
-        c(4, 0, 7, 0), c(3, 0, 7, 1),
-        c(5, 0, 8, 0), c(3, 0, 8, 1),
-        c(6, 0, 9, 0), c(7, 0, 10, 0), c(8, 0, 11, 0),
+        c(4, 0, 7, 0), c(6, 0, 7, 1),
+        c(5, 0, 8, 0), c(7, 0, 8, 1),
+        c(8, 0, 9, 0),
     ],
     data=annotated_sample,
 )

@@ -15,7 +15,7 @@ import pandas as pd
 
 from cellseg.errors import InputError
 
-__all__ = ["COLUMNS", "IOU_THRESHOLDS", "ap_at", "mean_ap", "score_dataset", "score_image"]
+__all__ = ["COLUMNS", "IOU_THRESHOLDS", "ap_at", "mean_ap", "pool", "score_dataset", "score_image"]
 
 #: IoU thresholds 0.5, 0.55, ..., 0.95 (the DSB 2018 / COCO range).
 IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
@@ -117,8 +117,6 @@ def score_dataset(
         :func:`stardist.matching.matching_dataset` with ``by_image=False`` does, so large images with many
         objects weigh more than small ones.
     """
-    from stardist.matching import matching_dataset
-
     ths = _thresholds(thresholds)
     if len(gts) != len(preds):
         raise InputError(f"score_dataset: {len(gts)} ground truth images but {len(preds)} predictions")
@@ -128,18 +126,39 @@ def score_dataset(
         raise InputError(f"score_dataset: {len(names)} names for {len(gts)} images")
     if len(gts) == 0:
         raise InputError("score_dataset: no images to score")
-    tables, gts_ok, preds_ok = [], [], []
+    tables = []
     for name, gt, pred in zip(names, gts, preds, strict=True):
-        gt = _check_labels(gt, f"{name} ground truth")
-        pred = _check_labels(pred, f"{name} prediction")
         table = score_image(gt, pred, ths, name=str(name))
         table.insert(0, "image", str(name))
         tables.append(table)
-        gts_ok.append(gt)
-        preds_ok.append(pred)
     per_image = pd.concat(tables, ignore_index=True)
-    summary = _table(matching_dataset(gts_ok, preds_ok, thresh=ths, by_image=False, show_progress=False))
-    return per_image, summary
+    return per_image, pool(per_image)
+
+
+def pool(per_image: pd.DataFrame) -> pd.DataFrame:
+    """Pool per-image score rows into one row per threshold (counts summed before the ratios).
+
+    The same numbers as :func:`stardist.matching.matching_dataset` with ``by_image=False``, computed from
+    the per-image tables alone, so that a stream of images can be scored without keeping the images.
+    """
+    if len(per_image) == 0:
+        raise InputError("pool: no scores to pool")
+    df = per_image.assign(_matched=per_image["mean_matched_score"] * per_image["tp"])
+    sums = df.groupby("iou_threshold", sort=True)[[*_INT_COLUMNS, "_matched"]].sum()
+
+    def ratio(a: pd.Series, b: pd.Series) -> pd.Series:
+        return (a / b.where(b > 0)).fillna(0.0)
+
+    tp, fp, fn, sm = sums["tp"], sums["fp"], sums["fn"], sums["_matched"]
+    out = sums[list(_INT_COLUMNS)].assign(
+        precision=ratio(tp, tp + fp), recall=ratio(tp, tp + fn), f1=ratio(2 * tp, 2 * tp + fp + fn),
+        accuracy=ratio(tp, tp + fp + fn), mean_true_score=ratio(sm, sums["n_true"]),
+        mean_matched_score=ratio(sm, tp), panoptic_quality=ratio(sm, tp + fp / 2 + fn / 2),
+    ).reset_index()
+    out = out[list(COLUMNS)]
+    for c in COLUMNS:
+        out[c] = out[c].astype("int64" if c in _INT_COLUMNS else "float64")
+    return out
 
 
 def mean_ap(summary: pd.DataFrame) -> float:

@@ -136,6 +136,10 @@ class StarDistPredictor:
                                          port_index=1, column_filter=kt.is_image_column)
     mode = knext.EnumParameter("Mode", "Images in the table, or large image files streamed tile by tile.",
                                Mode.TABLE.name, Mode, style=knext.EnumParameter.Style.VALUE_SWITCH)
+    output_column = knext.StringParameter(
+        "Output column", "Name of the label column to add (made unique if the table has it already), e.g. "
+        "'before' and 'after' when two models segment the same images. Empty: 'labels' ('label_path' for large "
+        "image files).", "")
     thresholds = ThresholdSettings()
     output = OutputSettings().rule(knext.OneOf(mode, [Mode.TABLE.name]), knext.Effect.SHOW)
     large_image = LargeImageSettings().rule(knext.OneOf(mode, [Mode.LARGE_IMAGE.name]), knext.Effect.SHOW)
@@ -144,10 +148,9 @@ class StarDistPredictor:
     # -- schemas ---------------------------------------------------------------------------------
     def _added_columns(self, schema: knext.Schema) -> list[Any]:
         names = kt.column_names(schema)
-        if self.mode == Mode.LARGE_IMAGE.name:
-            first = knext.Column(knext.string(), kt.unique_name(names, "label_path"))
-        else:
-            first = knext.Column(knext.blob(), kt.unique_name(names, "labels"))
+        large = self.mode == Mode.LARGE_IMAGE.name
+        base = self.output_column.strip() or ("label_path" if large else "labels")
+        first = knext.Column(knext.string() if large else knext.blob(), kt.unique_name(names, base))
         names.append(first.name)
         cols = [first, knext.Column(knext.int64(), kt.unique_name(names, "n_objects"))]
         names.append(cols[1].name)

@@ -39,44 +39,14 @@ def _ktype(name: str) -> Any:
 
 
 def per_image_schema() -> knext.Schema:
-    return knext.Schema.from_columns([knext.Column(knext.string(), "source_row_id")]
+    return knext.Schema.from_columns([knext.Column(knext.string(), "prediction"),
+                                      knext.Column(knext.string(), "source_row_id")]
                                      + [knext.Column(_ktype(c), c) for c in COLUMNS])
 
 
 def summary_schema() -> knext.Schema:
-    return knext.Schema.from_columns([knext.Column(_ktype(c), c) for c in COLUMNS])
-
-
-class _Pool:
-    """Counts pooled over images (as ``stardist.matching.matching_dataset(by_image=False)``)."""
-
-    def __init__(self, thresholds: tuple[float, ...]) -> None:
-        self.thresholds = thresholds
-        self.counts = np.zeros((len(thresholds), 5), dtype=np.int64)  # n_true n_pred tp fp fn
-        self.matched = np.zeros(len(thresholds))  # sum of matched IoUs
-
-    def add(self, scores: pd.DataFrame) -> None:
-        self.counts += scores[list(_INT)].to_numpy(dtype=np.int64)
-        self.matched += scores["mean_matched_score"].to_numpy(dtype=float) * scores["tp"].to_numpy(dtype=float)
-
-    def table(self) -> pd.DataFrame:
-        rows = []
-        for t, (n_true, n_pred, tp, fp, fn), sm in zip(self.thresholds, self.counts, self.matched):
-            def ratio(a: float, b: float) -> float:
-                return float(a / b) if b > 0 else 0.0
-
-            rows.append({
-                "iou_threshold": float(t), "n_true": n_true, "n_pred": n_pred, "tp": tp, "fp": fp, "fn": fn,
-                "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
-                "f1": ratio(2 * tp, 2 * tp + fp + fn), "accuracy": ratio(tp, tp + fp + fn),
-                "mean_true_score": ratio(sm, n_true), "mean_matched_score": ratio(sm, tp),
-                "panoptic_quality": ratio(sm, tp + fp / 2 + fn / 2),
-            })
-        df = pd.DataFrame(rows, columns=list(COLUMNS))
-        for c in COLUMNS:
-            df[c] = df[c].astype("int64" if c in _INT else "float64")
-        df.index = pd.Index([f"IoU {t:.2f}" for t in self.thresholds], dtype=object)
-        return df
+    return knext.Schema.from_columns([knext.Column(knext.string(), "prediction")]
+                                     + [knext.Column(_ktype(c), c) for c in COLUMNS])
 
 
 @knext.node(
@@ -91,9 +61,10 @@ class _Pool:
 @knext.output_table("Scores per image", "For each image and IoU threshold: object counts, true/false "
                     "positives, false negatives, precision, recall, F1, accuracy (average precision), mean "
                     "IoU scores and panoptic quality.")
-@knext.output_table("Summary", "The same scores with the counts pooled over all images, one row per IoU "
-                    "threshold. Flow variables cellseg_ap50 and cellseg_mean_ap hold AP at IoU 0.5 and the mean "
-                    "AP over the thresholds.")
+@knext.output_table("Summary", "The same scores with the counts pooled over all images, one row per "
+                    "prediction column and IoU threshold (column 'prediction' names the column). Flow variables "
+                    "cellseg_ap50 and cellseg_mean_ap hold AP at IoU 0.5 and the mean AP over the thresholds of the "
+                    "last prediction column.")
 class StarDistScorer:
     """Scores predicted label images against ground truth over IoU thresholds 0.5 to 0.95.
 
@@ -105,25 +76,29 @@ class StarDistScorer:
 
     truth_column = knext.ColumnParameter("Ground-truth column", "Column with the true label images.",
                                          port_index=0, column_filter=kt.is_image_column)
-    prediction_column = knext.ColumnParameter("Prediction column", "Column with the predicted label images.",
-                                              port_index=0, column_filter=kt.is_image_column)
+    prediction_columns = knext.MultiColumnParameter(
+        "Prediction columns", "Columns with predicted label images, each scored against the ground truth (e.g. "
+        "the predictions before and after retraining). Empty: every label column other than the ground truth.",
+        port_index=0, column_filter=kt.is_image_column)
     iou_thresholds = knext.StringParameter("IoU thresholds", "Comma-separated IoU thresholds.",
                                            DEFAULT_THRESHOLDS, validator=_validate_thresholds, is_advanced=True)
 
-    def _columns(self, schema: knext.Schema) -> tuple[str, str]:
+    def _columns(self, schema: knext.Schema) -> tuple[str, list[str]]:
         truth = kt.pick_column(schema, self.truth_column, "Ground-truth column",
                                preferred=("labels", "mask", "ground_truth", "gt"))
-        pred = self.prediction_column
-        if not pred:
-            others = [c.name for c in schema if kt.is_image_column(c) and c.name != truth
-                      and not c.name.startswith("image")]
-            pred = next((p for p in ("labels (#1)", "prediction", "predicted") if p in others),
-                        others[-1] if others else None)
-        pred = kt.pick_column(schema, pred, "Prediction column", exclude=(truth,))
-        if pred == truth:
-            raise knext.InvalidParametersError(f"Ground-truth and prediction column are the same column '{truth}'")
-        self.truth_column, self.prediction_column = truth, pred
-        return truth, pred
+        preds = list(self.prediction_columns or [])
+        if not preds:
+            preds = [c.name for c in schema if kt.is_image_column(c) and c.name != truth
+                     and not c.name.startswith(("image", "tile"))]
+        if not preds:
+            raise knext.InvalidParametersError("Prediction columns: the input table has no label column besides "
+                                               f"the ground truth '{truth}'")
+        for p in preds:
+            kt.pick_column(schema, p, "Prediction columns")
+        if truth in preds:
+            raise knext.InvalidParametersError(f"Ground-truth column '{truth}' is also selected as a prediction")
+        self.truth_column, self.prediction_columns = truth, preds
+        return truth, preds
 
     def configure(self, config_context: knext.ConfigurationContext, schema: knext.Schema) -> Any:
         self._columns(schema)
@@ -134,33 +109,42 @@ class StarDistScorer:
         return per_image_schema(), summary_schema()
 
     def execute(self, exec_context: knext.ExecutionContext, table: knext.Table) -> Any:
-        from cellseg.metrics import score_image
+        from cellseg.metrics import pool, score_image
 
         total = kt.require_rows(table, "label table")
-        truth, pred = self._columns(table.schema)
+        truth, preds = self._columns(table.schema)
         thresholds = parse_thresholds(self.iou_thresholds)
-        pool = _Pool(thresholds)
+        scores: dict[str, list[pd.DataFrame]] = {p: [] for p in preds}
         out = knext.BatchOutputTable.create(row_ids="keep")
-        for done, df in kt.iter_rows(table, [truth, pred]):
+        for done, df in kt.iter_rows(table, [truth, *preds]):
             frames = []
-            for i, (rid, t_cell, p_cell) in enumerate(zip(df.index, df[truth], df[pred])):
+            for i, rid in enumerate(df.index):
                 kt.check_canceled(exec_context, f"{done + i} of {total} images scored")
-                gt = kt.read_labels(t_cell, str(rid), truth)
-                pr = kt.read_labels(p_cell, str(rid), pred, gt.shape)
-                try:
-                    scores = score_image(gt, pr, thresholds, name=f"Row '{rid}'")
-                except InputError as err:
-                    raise ValueError(str(err)) from err
-                pool.add(scores)
-                scores.insert(0, "source_row_id", str(rid))
-                scores.index = pd.Index([f"{rid} @ {t:.2f}" for t in thresholds], dtype=object)
-                frames.append(scores)
+                gt = kt.read_labels(df.at[rid, truth], str(rid), truth)
+                for p in preds:
+                    pr = kt.read_labels(df.at[rid, p], str(rid), p, gt.shape)
+                    try:
+                        s = score_image(gt, pr, thresholds, name=f"Row '{rid}'")
+                    except InputError as err:
+                        raise ValueError(str(err)) from err
+                    scores[p].append(s)
+                    s = s.copy()
+                    s.insert(0, "source_row_id", str(rid))
+                    s.insert(0, "prediction", p)
+                    s.index = pd.Index([f"{p}: {rid} @ {t:.2f}" for t in thresholds], dtype=object)
+                    frames.append(s)
                 exec_context.set_progress((done + i + 1) / total, f"scored {done + i + 1} of {total} images")
             if frames:
                 out.append(pd.concat(frames))
-        summary = pool.table()
-        exec_context.flow_variables["cellseg_mean_ap"] = float(summary["accuracy"].mean())
-        if any(np.isclose(summary["iou_threshold"], 0.5)):
-            exec_context.flow_variables["cellseg_ap50"] = float(
-                summary.loc[np.isclose(summary["iou_threshold"], 0.5), "accuracy"].iloc[0])
-        return out, knext.Table.from_pandas(summary, row_ids="keep")
+        summaries = []
+        for p in preds:
+            summary = pool(pd.concat(scores[p], ignore_index=True))
+            summary.insert(0, "prediction", p)
+            summary.index = pd.Index([f"{p} @ IoU {t:.2f}" for t in summary["iou_threshold"]], dtype=object)
+            summaries.append(summary)
+        first = summaries[-1]
+        exec_context.flow_variables["cellseg_mean_ap"] = float(first["accuracy"].mean())
+        at50 = np.isclose(first["iou_threshold"], 0.5)
+        if at50.any():
+            exec_context.flow_variables["cellseg_ap50"] = float(first.loc[at50, "accuracy"].iloc[0])
+        return out, knext.Table.from_pandas(pd.concat(summaries), row_ids="keep")
