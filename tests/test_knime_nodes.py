@@ -126,6 +126,27 @@ def test_image_reader(tmp_path: Path, tiny_dataset, knime_ctx) -> None:
         node.configure(CFG())
 
 
+def test_relative_paths_resolve_against_the_workflow_folder(tmp_path: Path, tiny_dataset, knime_ctx) -> None:
+    """In KNIME a relative path means: inside the workflow's folder (so example workflows carry their data)."""
+    images, labels = tiny_dataset
+    for i, (img, lbl) in enumerate(zip(images, labels)):
+        write_image(tmp_path / "wf" / "data" / "img" / f"a{i}.tif", img)
+        write_image(tmp_path / "wf" / "data" / "msk" / f"a{i}.tif", lbl)
+    ctx = knime_ctx.make()
+    ctx.get_workflow_data_area_dir = lambda: str(tmp_path / "wf" / "data")  # what KNIME answers
+    node = ImageReader()
+    node.path = "data/img"
+    node.mask_folder = "data/msk"
+    node.configure(CFG())  # relative paths are not checked in configure: the folder is not known there
+    df = node.execute(ctx).to_pandas()
+    assert list(df["image_name"]) == ["a0", "a1", "a2"] and "labels" in df
+    node.path = "data/img/a[01].tif"
+    assert len(node.execute(ctx).to_pandas()) == 2
+    node.path = "data/missing"
+    with pytest.raises(knext.InvalidParametersError, match=str(tmp_path / "wf" / "data" / "missing")):
+        node.execute(ctx)
+
+
 # -- Model Reader / Writer ----------------------------------------------------------------------
 
 

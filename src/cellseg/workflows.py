@@ -1038,7 +1038,8 @@ class _JavaContext:
         return str(self._runner.temp_dir)
 
     def get_workflow_dir(self) -> str:
-        return str(self._runner.workflow.folder)
+        # The run's copy of the workflow: its data area is copied into --out, where relative paths resolve.
+        return str(self._runner.out)
 
     def get_knime_home_dir(self) -> str:
         home = self._runner.temp_dir / "knime-home"

@@ -196,7 +196,8 @@ class StarDistPredictor:
         out = knext.BatchOutputTable.create(row_ids="keep")
         objects_out = knext.BatchOutputTable.create(row_ids="keep")
         large = self.mode == Mode.LARGE_IMAGE.name
-        folder = Path(self.large_image.output_folder.strip()).expanduser() if large else None
+        folder = (kt.check_path(self.large_image.output_folder, "Output folder", must_exist=False, ctx=exec_context)
+                  if large else None)
         if folder is not None:
             try:
                 folder.mkdir(parents=True, exist_ok=True)

@@ -174,14 +174,16 @@ class ImageReader:
             cols.append(knext.Column(knext.string(), "label_path"))
         return cols
 
-    def _files(self) -> list[Path]:
+    def _files(self, ctx: Any = None) -> list[Path]:
         pattern = self.path.strip()
         if any(ch in pattern for ch in "*?["):
-            files = _glob_images(str(Path(pattern).expanduser()))
+            base = kt.workflow_dir(ctx)
+            path = Path(pattern).expanduser()
+            files = _glob_images(str(base / path if base is not None and not path.is_absolute() else path))
             if not files:
                 raise knext.InvalidParametersError(f"Images: no image files match '{pattern}'")
             return files
-        folder = kt.check_path(pattern, "Images")
+        folder = kt.check_path(pattern, "Images", ctx=ctx)
         if folder.is_file():
             return [folder]
         try:
@@ -189,10 +191,10 @@ class ImageReader:
         except InputError as err:
             raise knext.InvalidParametersError(str(err)) from err
 
-    def _masks(self) -> dict[str, Path] | None:
+    def _masks(self, ctx: Any = None) -> dict[str, Path] | None:
         if not self.mask_folder.strip():
             return None
-        folder = kt.check_path(self.mask_folder, "Mask folder")
+        folder = kt.check_path(self.mask_folder, "Mask folder", ctx=ctx)
         if not folder.is_dir():
             raise knext.InvalidParametersError(f"Mask folder: '{folder}' is not a folder")
         out: dict[str, Path] = {}
@@ -202,16 +204,16 @@ class ImageReader:
         return out
 
     def configure(self, config_context: knext.ConfigurationContext) -> knext.Schema:
-        kt.check_path(self.path, "Images", must_exist=False)
+        kt.check_path(self.path, "Images", must_exist=False, ctx=config_context)
         if not any(ch in self.path for ch in "*?["):
-            kt.check_path(self.path, "Images")
+            kt.check_path(self.path, "Images", ctx=config_context)
         if self.mask_folder.strip():
-            kt.check_path(self.mask_folder, "Mask folder")
+            kt.check_path(self.mask_folder, "Mask folder", ctx=config_context)
         return knext.Schema.from_columns(self._columns())
 
     def execute(self, exec_context: knext.ExecutionContext) -> Any:
-        files = self._files()
-        masks = self._masks()
+        files = self._files(exec_context)
+        masks = self._masks(exec_context)
         if masks is not None:
             missing = [f.name for f in files if f.stem not in masks]
             if missing:
@@ -310,7 +312,8 @@ class ModelReader:
         from cellseg.models import load_model
 
         self._summary()
-        source = (str(kt.check_path(self.path, "Model folder or zip")) if self.source == ModelSource.FILE.name
+        source = (str(kt.check_path(self.path, "Model folder or zip", ctx=exec_context))
+                  if self.source == ModelSource.FILE.name
                   else self.pretrained_name)
         exec_context.set_progress(0.1, f"loading model {source}")
         try:

@@ -213,11 +213,30 @@ def progress_fn(ctx: Any, start: float = 0.0, end: float = 1.0) -> Callable[[flo
     return progress
 
 
-def check_path(value: str, what: str, must_exist: bool = True) -> Path:
-    """A non-empty path setting (``~`` expanded); InvalidParametersError otherwise."""
+def workflow_dir(ctx: Any) -> Path | None:
+    """The workflow's folder when ``ctx`` knows it (KNIME's execution context), else None."""
+    try:
+        return Path(ctx.get_workflow_data_area_dir()).parent
+    except (AttributeError, RuntimeError, TypeError):
+        return None
+
+
+def check_path(value: str, what: str, must_exist: bool = True, ctx: Any = None) -> Path:
+    """A non-empty path setting (``~`` expanded); InvalidParametersError otherwise.
+
+    A relative path is taken relative to the workflow's folder when ``ctx`` (an execution context) knows
+    it, so that example workflows find the data they carry in their folder; in configure, where KNIME does
+    not tell the workflow folder, a relative path is not checked.
+    """
     if not value or not value.strip():
         raise knext.InvalidParametersError(f"{what}: no path given")
     path = Path(value.strip()).expanduser()
+    if not path.is_absolute():
+        base = workflow_dir(ctx)
+        if base is not None:
+            path = base / path
+        elif ctx is not None and not hasattr(ctx, "get_workflow_data_area_dir"):
+            return path  # configure: the folder is only known at execution
     if must_exist and not path.exists():
         raise knext.InvalidParametersError(f"{what}: '{path}' does not exist")
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import knime.extension as knext
 
@@ -35,8 +36,8 @@ class ModelWriter:
                                  "Where to write the model; a path ending in .zip writes a zip file.", "")
     overwrite = knext.BoolParameter("Overwrite", "Replace an existing model at the path.", False)
 
-    def _target(self) -> Path:
-        path = kt.check_path(self.path, "Model folder or zip", must_exist=False)
+    def _target(self, ctx: Any = None) -> Path:
+        path = kt.check_path(self.path, "Model folder or zip", must_exist=False, ctx=ctx)
         if path.exists() and not self.overwrite:
             raise knext.InvalidParametersError(f"'{path}' exists; enable Overwrite to replace it")
         if path.exists() and path.is_dir() != (path.suffix.lower() != ".zip"):
@@ -47,10 +48,10 @@ class ModelWriter:
     def configure(self, config_context: knext.ConfigurationContext, model_spec: StarDistModelSpec) -> None:
         if model_spec is None:
             raise knext.InvalidParametersError("Connect a StarDist model")
-        self._target()
+        self._target(config_context)
 
     def execute(self, exec_context: knext.ExecutionContext, model: StarDistModelPortObject) -> None:
-        path = self._target()
+        path = self._target(exec_context)
         exec_context.set_progress(0.1, f"writing {path}")
         try:
             if path.suffix.lower() == ".zip":
