@@ -6,8 +6,9 @@ connections as ``c(source node, output port, destination node, input port)`` wit
 order of the node's port decorators. Node names, factory settings, every parameter's name, type and default
 come from the node classes when the files are generated, so they cannot drift from the code.
 
-Relative paths are resolved by the headless runner against its output folder, into which the workflow's
-data area (``<workflow>/data``, written by ``data=``) is copied first; in KNIME, set absolute paths.
+Relative paths are resolved by the nodes against the workflow's folder at execution (in the headless
+runner: its output folder, into which the workflow's data area ``<workflow>/data``, written by ``data=``,
+is copied first).
 """
 
 from __future__ import annotations
