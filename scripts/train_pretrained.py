@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +37,8 @@ def main() -> int:
     ap.add_argument("--steps-per-epoch", type=int, default=100)
     ap.add_argument("--filters", type=int, default=32)
     ap.add_argument("--out", default=str(PRETRAINED_DIR))
+    ap.add_argument("--init", help="continue training this model (folder, zip or name) instead of starting anew")
+    ap.add_argument("--learning-rate", type=float, default=3e-4)
     args = ap.parse_args()
 
     train_set = dsb2018_fluorescence("train")
@@ -50,21 +53,33 @@ def main() -> int:
 
     mc = ModelConfig(n_rays=32, grid=(2, 2), unet_n_depth=3, unet_n_filter_base=args.filters,
                      patch_size=(128, 128), batch_size=4, learning_rate=3e-4)
-    tc = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, validation_fraction=0.1, seed=0)
+    tc = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, validation_fraction=0.1, seed=0,
+                     learning_rate=args.learning_rate)
     deadline = time.time() + args.minutes * 60
     last = [0.0]
 
     def progress(fraction: float, message: str) -> None:
         if time.time() - last[0] > 60:
             last[0] = time.time()
-            print(f"{time.strftime('%H:%M:%S')} {fraction:6.1%} {message}", flush=True)
+            print(f"{time.strftime('%H:%M:%S')} {fraction:6.1%} {message}", file=sys.stderr, flush=True)
 
     print(f"training on {len(names)} DSB2018 train images + {args.n_sim} simulated, budget {args.minutes} min",
           flush=True)
-    result = train(all_images, all_masks, mc, tc, names=all_names, progress=progress,
-                   should_cancel=lambda: time.time() > deadline, model_name=args.name,
-                   data_description=f"DSB2018 fluorescence train split ({len(names)} images) + "
+    description = (f"DSB2018 fluorescence train split ({len(names)} images) + "
                    f"{args.n_sim} simulated images (preset mixed, seed 1)")
+    if args.init:
+        from cellseg.models import load_model
+        from cellseg.training import retrain
+
+        init = load_model(args.init)
+        mc = init.config
+        result = retrain(init, all_images, all_masks, tc, names=all_names, progress=progress,
+                         should_cancel=lambda: time.time() > deadline, data_description=description)
+        result.model.provenance["name"] = args.name
+    else:
+        result = train(all_images, all_masks, mc, tc, names=all_names, progress=progress,
+                       should_cancel=lambda: time.time() > deadline, model_name=args.name,
+                       data_description=description)
     model = result.model
     if result.cancelled:  # stopped by the time budget: thresholds were not optimised yet
         from cellseg import io as cio
@@ -73,7 +88,8 @@ def main() -> int:
         _, val_idx = split_validation(len(all_images), tc.validation_fraction, tc.seed)
         val_idx = [i for i in val_idx if i < len(names)][:40]
         optimize_thresholds(model, [cio.normalize(all_images[i]) for i in val_idx], [all_masks[i] for i in val_idx])
-    print(f"trained {result.steps} steps in {result.seconds / 60:.1f} min; thresholds {model.thresholds}", flush=True)
+    print(f"trained {result.steps} steps in {result.seconds / 60:.1f} min ({model.steps_trained} in all); "
+          f"thresholds {model.thresholds}", flush=True)
 
     t_names, t_images, t_masks = test_set
     t0 = time.perf_counter()
@@ -103,10 +119,14 @@ def main() -> int:
         f"- Architecture: {json.dumps(mc.to_dict())}",
         f"- Data: DSB2018 fluorescence train split ({len(names)} images; 10% held back for validation and "
         f"threshold optimisation) + {args.n_sim} simulated 256x256 images (`preset='mixed'`, seed 1).",
-        f"- Training: Adam 3e-4, batch 4, augmentation on, ReduceLROnPlateau; stopped by a wall-clock budget of "
-        f"{args.minutes:.0f} min on a {platform.machine()} CPU ({result.steps} steps, {result.seconds / 60:.1f} min).",
+        "- Training (one line per run, from the bundle's provenance): Adam, batch 4, augmentation on, "
+        f"ReduceLROnPlateau, each run stopped by a wall-clock budget on a {platform.machine()} CPU:",
+        *[f"  - {t['kind']}: {t['steps']} steps in {t['seconds'] / 60:.1f} min, learning rate "
+          f"{t['train_config']['learning_rate'] or 3e-4:g}" for t in model.provenance.get("trainings", [])],
+        f"  - in all {model.steps_trained} steps.",
         f"- Thresholds: {model.thresholds}",
-        f"- Script: `scripts/train_pretrained.py --minutes {args.minutes:g}`; bundle size {size_mb:.1f} MB.",
+        "- Script: `scripts/train_pretrained.py --minutes 55`, then `scripts/train_pretrained.py --init "
+        f"dsb2018_simmix --minutes M --learning-rate LR` to continue; bundle size {size_mb:.1f} MB.",
         "",
         f"## Scores on the DSB2018 fluorescence test split ({len(t_names)} images)",
         f"AP@0.5 = **{ap50:.3f}**, F1@0.5 = {f1:.3f}, mean AP over IoU 0.5-0.95 = {map_:.3f}; "

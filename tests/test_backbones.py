@@ -31,7 +31,8 @@ def test_backbone_trains_saves_reloads(backbone, data, tmp_path):
     assert model.encoder_layers() and len(model.encoder_layers()) < len(model.keras_model.layers)
     x = np.random.default_rng(0).random((1, 64, 64, 1)).astype("float32")
     before = model.keras_model.predict(x, verbose=0)
-    for target in (tmp_path / "m", tmp_path / "m.zip"):
+    # resnet50 builds a whole ResNet50 per load: check the zip path only (it covers the folder path)
+    for target in ((tmp_path / "m", tmp_path / "m.zip") if backbone == "resunet" else (tmp_path / "m.zip",)):
         model.save(target)
         again = load_model(target)
         assert again.config.backbone == backbone

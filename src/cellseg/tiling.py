@@ -6,8 +6,8 @@ shape). :func:`predict_large` runs the network on one tile at a time, does stard
 selection and non-maximum suppression per tile, keeps the objects whose centre lies in the tile's core
 (so each object is found once, by one tile, and is whole: its polygon is kept, not a clipped label
 patch), and renders the label image output tile by output tile into a tiled TIFF. It never holds the
-full float image, probability maps or label image; the input is read region by region (memory-mapped
-for uncompressed TIFFs, tile/strip segments otherwise) and normalised with percentiles taken from a
+full float image, probability maps or label image; the input is read region by region (row reads for
+uncompressed TIFFs, tile/strip segments otherwise) and normalised with percentiles taken from a
 strided subsample.
 
 :func:`split_image` and :func:`merge_labels` are the same tiling for arbitrary per-tile processing (the
@@ -234,7 +234,7 @@ def _relabel_contiguous(labels: np.ndarray) -> np.ndarray:
 # -- image sources --------------------------------------------------------------------------------
 
 class _Source:
-    """Region reader of a ``YX``/``YXC`` image: an array, a memory-mapped TIFF or a TIFF's segments."""
+    """Region reader of a ``YX``/``YXC`` image: an array, an uncompressed TIFF's rows or a TIFF's segments."""
 
     def __init__(self, source: str | os.PathLike | np.ndarray) -> None:
         self.tif: Any = None
@@ -295,10 +295,11 @@ class _Source:
             raise InputError(f"{path}: has {len(self.tif.series[0].shape)}D data (a stack); expected one 2D "
                              "image")
         self._set_layout(shape, page.dtype)
+        self.contiguous = None
         if page.is_memmappable:
-            self.array = tifffile.memmap(path, page=0, mode="r")
-            self._set_layout(self.array.shape, self.array.dtype)
-            self.page = None
+            # uncompressed, in one block: read rows with pread (a memory map's touched pages count in RSS)
+            self.contiguous = (int(page.dataoffsets[0]), np.dtype(page.dtype).newbyteorder(self.tif.byteorder))
+            self.fd = os.open(path, os.O_RDONLY)
         else:
             self.seg_shape = ((page.tilelength, page.tilewidth) if page.is_tiled
                               else (page.rowsperstrip, self.shape[1]))
@@ -308,6 +309,8 @@ class _Source:
         """The region ``[y0:y1, x0:x1]`` as a new array (YX or YXC, the file's dtype)."""
         if self.array is not None:
             return np.array(self.array[y0:y1, x0:x1])
+        if self.contiguous is not None:
+            return self._read_contiguous(y0, y1, x0, x1)
         out = np.empty((y1 - y0, x1 - x0) + ((self.channels,) if self.ndim == 3 else ()), self.dtype)
         sh, sw = self.seg_shape
         fh = self.tif.filehandle
@@ -328,12 +331,28 @@ class _Source:
                 out[ya - y0:yb - y0, xa - x0:xb - x0] = seg[ya - sy0:yb - sy0, xa - sx0:xb - sx0]
         return out
 
+    def _read_contiguous(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        offset, dtype = self.contiguous  # type: ignore[misc]
+        px = self.channels * dtype.itemsize
+        row_bytes = self.shape[1] * px
+        out = np.empty((y1 - y0, (x1 - x0) * self.channels), dtype)
+        n = (x1 - x0) * px
+        for k, y in enumerate(range(y0, y1)):
+            data = os.pread(self.fd, n, offset + y * row_bytes + x0 * px)
+            if len(data) != n:
+                raise InputError(f"{self.name}: TIFF is truncated (row {y} cannot be read)")
+            out[k] = np.frombuffer(data, dtype)
+        out = out.astype(dtype.newbyteorder("="), copy=False)
+        return out.reshape(y1 - y0, x1 - x0, self.channels) if self.ndim == 3 else out
+
     def sample(self, max_pixels: int = SAMPLE_PIXELS) -> np.ndarray:
         """A strided subsample (every ``s``-th pixel per axis) with at most about ``max_pixels`` pixels."""
         h, w = self.shape
         s = max(1, math.ceil(math.sqrt(h * w / max_pixels)))
         if self.array is not None:
             return np.array(self.array[::s, ::s])
+        if self.contiguous is not None:
+            return np.stack([self._read_contiguous(y, y + 1, 0, w)[0, ::s] for y in range(0, h, s)])
         block = max(s, _SAMPLE_BLOCK // s * s)
         rows = []
         for y in range(0, h, block):
@@ -342,6 +361,9 @@ class _Source:
         return np.concatenate(rows, axis=0)
 
     def close(self) -> None:
+        if getattr(self, "contiguous", None) is not None:
+            os.close(self.fd)
+            self.contiguous = None
         if self.tif is not None:
             self.tif.close()
             self.tif = None
@@ -510,7 +532,7 @@ def predict_large(model: Any, source: str | os.PathLike | np.ndarray, out_path: 
     model
         A :class:`~cellseg.models.CellsegModel`.
     source
-        A TIFF file (read region by region: memory-mapped when uncompressed, else per tile/strip), another
+        A TIFF file (read region by region: row reads when uncompressed, else per tile/strip), another
         image file (read whole), or a ``YX``/``YXC`` array.
     out_path
         Label TIFF to write (tiled, zlib, ``label_dtype``), atomically: a temporary sibling renamed at the

@@ -206,6 +206,7 @@ def run_experiment(cfg: TLConfig, out: str | Path, log: Callable[[str], None] = 
                     t = time.perf_counter()
                     for r in _one_run(init, mc, xs, ys, test, cfg, seed):
                         rows.append({"target": target, "n": len(xs), "seed": seed, "init": name, **r})
+                    pd.DataFrame(rows).to_csv(out / "runs.csv", index=False)  # partial results survive a kill
                     fin = rows[-1]
                     log(f"{target} n={len(xs)} seed={seed} {name}: AP@0.5 {fin['ap50']:.3f}, mAP {fin['map']:.3f} "
                         f"({time.perf_counter() - t:.0f} s)")
@@ -317,6 +318,7 @@ def plot(summary: pd.DataFrame, out: Path) -> list[Path]:
                 ax.errorbar(h["n"], h[f"{key}_mean"], yerr=h[f"{key}_std"].fillna(0), marker="o", capsize=3,
                             label=init)
             ax.set_xscale("log")
+            ax.minorticks_off()
             ax.set_xticks(sorted(g["n"].unique()))
             ax.set_xticklabels([str(v) for v in sorted(g["n"].unique())])
             ax.set_xlabel("training images n")
