@@ -8,10 +8,11 @@ and the KNIME nodes can show it as it is.
 
 from __future__ import annotations
 
+import contextlib
 import io as _io
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -239,27 +240,38 @@ def write_image(path: str | os.PathLike, array: np.ndarray) -> Path:
     return path
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` atomically (temporary file in the same folder + :func:`os.replace`)."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, what: str = "file") -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success rename it to `path`, on any error remove it.
+
+    Readers never see a half-written file: whatever writes to the yielded path either completes and
+    replaces `path` in one :func:`os.replace`, or leaves nothing behind (also on cancellation).
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
     except OSError as exc:
         raise InputError(f"{path}: cannot write to folder {path.parent} ({exc.strerror or exc})") from exc
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise InputError(f"{path}: cannot write file ({exc.strerror or exc})") from exc
+            raise InputError(f"{path}: cannot write {what} ({exc.strerror or exc})") from exc
         raise
-    return path
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically (temporary file in the same folder + :func:`os.replace`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return Path(path)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -307,7 +307,9 @@ class CellsegModel:
         """
         path = Path(path)
         if path.suffix.lower() == ".zip":
-            return _atomic_write_bytes(path, self.to_bytes())
+            from cellseg.io import write_bytes_atomic
+
+            return write_bytes_atomic(path, self.to_bytes())
         parent = path.parent if str(path.parent) else Path(".")
         try:
             parent.mkdir(parents=True, exist_ok=True)
@@ -541,23 +543,6 @@ def _jsonable(v: Any) -> Any:
 
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=True))
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    except OSError as err:
-        raise InputError(f"cannot write {path}: {err.strerror or err}") from err
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _version() -> str:

@@ -21,7 +21,6 @@ import contextlib
 import math
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cellseg import io as cio
 from cellseg.errors import CancelledError, InputError
 from cellseg.prediction import _COLUMN_DTYPES, OBJECT_COLUMNS, candidates, polygon_wkt, resolve_thresholds
 
@@ -644,22 +644,10 @@ def _write_tiled(out: Path, shape: tuple[int, int], blocks, label_dtype: str) ->
             full[:block.shape[0], :block.shape[1]] = block
             yield full
 
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise InputError(f"{out}: cannot write to folder {out.parent} ({exc.strerror or exc})") from exc
-    tmp = Path(tmp_name)
-    try:
-        big = shape[0] * shape[1] * dtype.itemsize > 2**31
+    big = shape[0] * shape[1] * dtype.itemsize > 2**31
+    with cio.atomic_path(out, "label image") as tmp:
         tifffile.imwrite(tmp, data=tiles(), shape=shape, dtype=dtype, tile=(OUTPUT_TILE, OUTPUT_TILE),
                          compression="zlib", photometric="minisblack", bigtiff=big, metadata={"axes": "YX"})
-        os.replace(tmp, out)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise InputError(f"{out}: cannot write label image ({exc.strerror or exc})") from exc
-        raise
     return out
 
 
