@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 
-# Quieten TensorFlow's C++ logging before it is imported anywhere in the package.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Quieten TensorFlow's C++ logging (its tf.data graph rewrites log harmless errors) before it is imported.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 __version__ = "0.1.0"
 

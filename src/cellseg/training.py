@@ -13,7 +13,9 @@ import contextlib
 import io
 import logging
 import math
+import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -140,6 +142,10 @@ def _progress_callback(total_steps: int, progress: ProgressFn | None, should_can
                        history: list[dict[str, Any]], start_step: int = 0):
     import keras
 
+    # Keras' own progress bar is silenced by redirecting stdout during fit; the caller's progress
+    # callback still writes to the stdout it had when training started.
+    caller_stdout = sys.stdout
+
     class Progress(keras.callbacks.Callback):
         """Reports each step, polls for cancellation, and records the per-epoch history."""
 
@@ -159,7 +165,8 @@ def _progress_callback(total_steps: int, progress: ProgressFn | None, should_can
             if progress is not None:
                 loss = (logs or {}).get("loss")
                 msg = f"step {self.step}/{total_steps}" + (f", loss {float(loss):.4f}" if loss is not None else "")
-                progress(min(self.step / total_steps, 1.0), msg)
+                with contextlib.redirect_stdout(caller_stdout):
+                    progress(min(self.step / total_steps, 1.0), msg)
             if should_cancel is not None and should_cancel():
                 self.cancelled = True
                 self.model.stop_training = True
@@ -355,7 +362,8 @@ def _fit(model: CellsegModel, images, masks, cfg: TrainConfig, *, kind: str, nam
         _carry_best(sd.callbacks, best)
         sd.callbacks.append(cb)
         cb.epoch_offset = sum(p[0] for p in phases[:i])
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*shuffle=True.*")  # stardist feeds a generator
             sd.train(X, Y, validation_data=(Xv, Yv), augmenter=aug, seed=cfg.seed + i, epochs=epochs,
                      steps_per_epoch=cfg.steps_per_epoch)
         best = _best_val_loss(sd.callbacks)
