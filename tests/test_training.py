@@ -68,21 +68,6 @@ def test_retrain_continues_from_weights_and_keeps_the_original(tiny_model_bytes,
     assert "fewer than 3" in prov["trainings"][-1]["validation"]
 
 
-def test_freeze_encoder_keeps_encoder_weights(tiny_model_bytes, easy_data):
-    (images, masks), _ = easy_data
-    model = load_model(tiny_model_bytes)
-    enc_names = {layer.name for layer in model.encoder_layers() if layer.weights}
-    assert enc_names, "the U-Net has encoder layers"
-    before = {layer.name: [w.numpy().copy() for w in layer.weights] for layer in model.keras_model.layers}
-    result = retrain(model, images[:3], masks[:3], _short(freeze_encoder=True, learning_rate=1e-3))
-    after = {layer.name: [w.numpy() for w in layer.weights] for layer in result.model.keras_model.layers}
-    for name in enc_names:
-        assert all(np.array_equal(a, b) for a, b in zip(before[name], after[name])), name
-    changed = [n for n in after if n not in enc_names and after[n]
-               and not all(np.array_equal(a, b) for a, b in zip(before[n], after[n]))]
-    assert changed, "the decoder trained"
-
-
 def test_split_validation():
     assert split_validation(2, 0.15, 0) == ([0, 1], [0, 1])
     tr, va = split_validation(20, 0.15, 0)
