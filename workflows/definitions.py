@@ -21,9 +21,9 @@ PRETRAINED = "dsb2018_simmix"  # the model shipped in src/cellseg/pretrained
 
 
 def annotated_sample(data: Path) -> None:
-    """4 training and 4 test images with instance masks, simulated by cellseg (lobed, noisy nuclei).
-
-    The project ships no third-party data: replace these folders by your own images and masks.
+    """4 training and 4 test images with instance masks, simulated by cellseg: lobed, noisy nuclei shown dark
+    on a bright background (inverted contrast, as in brightfield), a domain the shipped fluorescence model
+    was not trained on. The project ships no third-party data: replace these folders by your own images.
     """
     from cellseg.io import write_image
     from cellseg.simulate import simulate_dataset
@@ -31,7 +31,8 @@ def annotated_sample(data: Path) -> None:
     images, masks = simulate_dataset(8, size=128, preset="granulocyte_high_noise", seed=11)
     for split, idx in {"train": range(0, 4), "test": range(4, 8)}.items():
         for i in idx:
-            write_image(data / split / "images" / f"granulocyte_{i:02d}.tif", images[i])
+            inverted = (images[i].max() - images[i]).astype(images[i].dtype)
+            write_image(data / split / "images" / f"granulocyte_{i:02d}.tif", inverted)
             write_image(data / split / "masks" / f"granulocyte_{i:02d}.tif", masks[i])
 
 
