@@ -122,7 +122,6 @@ def _train_config(args: argparse.Namespace):
         encoder_lr_factor=getattr(args, "encoder_lr_factor", 1.0),
         reinit_heads=getattr(args, "reinit_heads", False),
         mix_fraction=getattr(args, "mix_fraction", 0.25),
-        extra={k: v for k in ("mix_images", "mix_masks") if (v := getattr(args, k, None))},
     )
 
 
@@ -170,25 +169,34 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train(images, masks, mc, tc, names=names, progress=bar, model_name=Path(args.out).name,
                        data_description=f"{len(names)} images from {args.images}",
                        label_components=args.label_components)
-    result.model.save(args.out)
-    if args.history:
-        result.history.to_csv(args.history, index=False)
-    _report_training(result, Path(args.out))
-    return 0
+    return _save_trained(result, args)
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
+    from cellseg import io as cio
     from cellseg.models import load_model
     from cellseg.training import retrain
 
     model = load_model(args.model)
     names, images, masks = _load_training_data(args)
+    mix_data = None
+    if args.mix_images or args.mix_masks:
+        if not (args.mix_images and args.mix_masks):
+            raise CellsegError("--mix-images and --mix-masks go together (images to mix in and their masks)")
+        _, mix_images, mix_masks = cio.load_pairs(args.mix_images, args.mix_masks,
+                                                  label_components=args.label_components)
+        mix_data = (mix_images, mix_masks)
     tc = _train_config(args)
     with ProgressBar("retraining", disable=args.quiet) as bar:
-        result = retrain(model, images, masks, tc, names=names, progress=bar,
+        result = retrain(model, images, masks, tc, names=names, progress=bar, mix_data=mix_data,
                          data_description=f"{len(names)} images from {args.images}",
                          label_components=args.label_components)
     result.model.provenance["name"] = Path(args.out).name
+    return _save_trained(result, args)
+
+
+def _save_trained(result, args: argparse.Namespace) -> int:
+    """Save a trained model (and its history) where the user asked, then report."""
     result.model.save(args.out)
     if args.history:
         result.history.to_csv(args.history, index=False)

@@ -17,7 +17,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -83,7 +83,6 @@ class TrainConfig:
     encoder_lr_factor: float = 1.0
     reinit_heads: bool = False
     mix_fraction: float = 0.25
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         checks = [
@@ -273,12 +272,6 @@ def retrain(model: CellsegModel, images: Sequence[np.ndarray], masks: Sequence[n
     """
     train_config = train_config or TrainConfig()
     train_config.validate()
-    if mix_data is None and train_config.extra.get("mix_images"):
-        if not train_config.extra.get("mix_masks"):
-            raise InputError("mix_images given without mix_masks (the masks of the images to mix in)")
-        _, mix_images, mix_masks = cio.load_pairs(train_config.extra["mix_images"], train_config.extra["mix_masks"],
-                                                  label_components=label_components)
-        mix_data = (mix_images, mix_masks)
     new = model.copy()
     new.provenance.setdefault("retrained_from", [])
     new.provenance["retrained_from"] = [*model.provenance.get("retrained_from", []),
@@ -390,7 +383,7 @@ def _fit(model: CellsegModel, images, masks, cfg: TrainConfig, *, kind: str, nam
         "steps_per_epoch": cfg.steps_per_epoch,
         "seconds": round(seconds, 2),
         "cancelled": cb.cancelled,
-        "train_config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+        "train_config": asdict(cfg),
         "mixed_in": mix_note,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "history": history,
