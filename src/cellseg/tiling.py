@@ -58,6 +58,9 @@ _SAMPLE_BLOCK = 1024
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
 
+#: glibc's ``malloc_trim`` once looked up (False where there is none); see :func:`_release_free_memory`.
+_MALLOC_TRIM: Any = None
+
 
 class TilingWarning(UserWarning):
     """Tile size or overlap too small for the model or the objects (the message says what to set)."""
@@ -409,23 +412,42 @@ def _check_geometry(model: Any, tile_size: tuple[int, int], overlap: int) -> Non
 # -- streamed prediction --------------------------------------------------------------------------
 
 class _Objects:
-    """Objects found so far: polygons (global coordinates), probabilities, bounding boxes and pixel sums."""
+    """Objects found so far: polygons (global coordinates), probabilities, bounding boxes and pixel sums.
+
+    Kept compact because an image can hold 100 k objects or more: polygons stay float32 (the precision
+    stardist's ``dist_to_coord`` computes them in), arrays grow by half their size instead of being
+    copied on every tile, and WKT strings are made only when the table is.
+    """
 
     def __init__(self, n_rays: int) -> None:
-        self.coord = np.zeros((0, 2, n_rays), np.float64)
-        self.prob = np.zeros(0, np.float64)
-        self.bbox = np.zeros((0, 4), np.float64)  # ymin, ymax, xmin, xmax
+        self.n = 0
+        self.coord = np.zeros((0, 2, n_rays), np.float32)
+        self.prob = np.zeros(0, np.float32)
+        self.bbox = np.zeros((0, 4), np.float32)  # ymin, ymax, xmin, xmax
         self.sums = np.zeros((0, 3), np.float64)  # pixel count, sum y, sum x
 
     def __len__(self) -> int:
-        return len(self.prob)
+        return self.n
+
+    def _reserve(self, n: int) -> None:
+        if n <= len(self.prob):
+            return
+        cap = max(n, len(self.prob) * 3 // 2, 1024)
+        for name in ("coord", "prob", "bbox", "sums"):
+            old = getattr(self, name)
+            new = np.zeros((cap,) + old.shape[1:], old.dtype)
+            new[:self.n] = old[:self.n]
+            setattr(self, name, new)
 
     def add(self, coord: np.ndarray, prob: np.ndarray) -> None:
-        self.coord = np.concatenate([self.coord, coord])
-        self.prob = np.concatenate([self.prob, prob])
-        bbox = np.stack([coord[:, 0].min(1), coord[:, 0].max(1), coord[:, 1].min(1), coord[:, 1].max(1)], axis=1)
-        self.bbox = np.concatenate([self.bbox, bbox.reshape(-1, 4)])
-        self.sums = np.concatenate([self.sums, np.zeros((len(prob), 3))])
+        k = len(prob)
+        self._reserve(self.n + k)
+        new = slice(self.n, self.n + k)
+        self.coord[new] = coord
+        self.prob[new] = prob
+        self.bbox[new] = np.stack([coord[:, 0].min(1), coord[:, 0].max(1), coord[:, 1].min(1),
+                                   coord[:, 1].max(1)], axis=1).reshape(-1, 4)
+        self.n += k
 
     def render(self, y0: int, x0: int, shape: tuple[int, int], dtype: Any) -> np.ndarray:
         """Labels (id = index + 1) of the objects in a block, drawn in stardist's order (higher probability
@@ -433,34 +455,41 @@ class _Objects:
         from skimage.draw import polygon
 
         out = np.zeros(shape, dtype)
-        if len(self) == 0:
+        if self.n == 0:
             return out
-        b = self.bbox
+        b = self.bbox[:self.n]
         hit = np.flatnonzero((b[:, 1] >= y0 - 1) & (b[:, 0] <= y0 + shape[0]) & (b[:, 3] >= x0 - 1)
                              & (b[:, 2] <= x0 + shape[1]))
+        if len(hit) == 0:
+            return out
         for i in hit[np.argsort(self.prob[hit], kind="stable")]:
             rr, cc = polygon(self.coord[i, 0] - y0, self.coord[i, 1] - x0, shape)
             out[rr, cc] = i + 1
-        ids = out.ravel().astype(np.int64)
-        n = len(self) + 1
+        # pixel count and coordinate sums of the objects drawn, indexed compactly by their rank in ``hit``
+        ids = out.ravel()
+        drawn = ids > 0
+        rank = np.searchsorted(hit, ids[drawn] - 1)
         yy, xx = np.indices(shape)
-        self.sums[:, 0] += np.bincount(ids, minlength=n)[1:]
-        self.sums[:, 1] += np.bincount(ids, weights=(yy + y0).ravel(), minlength=n)[1:]
-        self.sums[:, 2] += np.bincount(ids, weights=(xx + x0).ravel(), minlength=n)[1:]
+        self.sums[hit, 0] += np.bincount(rank, minlength=len(hit))
+        self.sums[hit, 1] += np.bincount(rank, weights=(yy.ravel()[drawn] + y0), minlength=len(hit))
+        self.sums[hit, 2] += np.bincount(rank, weights=(xx.ravel()[drawn] + x0), minlength=len(hit))
         return out
 
-    def table(self) -> pd.DataFrame:
-        area = self.sums[:, 0]
+    def table(self, chunk: int = 8192) -> pd.DataFrame:
+        area = self.sums[:self.n, 0]
         present = np.flatnonzero(area > 0)
         if len(present) == 0:
             return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(OBJECT_COLUMNS, _COLUMN_DTYPES)})
+        # WKT strings in chunks of Arrow-backed strings: no Python list of every object's string at once
+        wkt = [pd.Series([polygon_wkt(self.coord[i, 0], self.coord[i, 1]) for i in present[s:s + chunk]],
+                         dtype="str") for s in range(0, len(present), chunk)]
         return pd.DataFrame({
             "label": (present + 1).astype(np.int64),
             "centroid_y": self.sums[present, 1] / area[present],
             "centroid_x": self.sums[present, 2] / area[present],
             "area": area[present].astype(np.int64),
-            "probability": self.prob[present],
-            "polygon": [polygon_wkt(self.coord[i, 0], self.coord[i, 1]) for i in present],
+            "probability": self.prob[present].astype(np.float64),
+            "polygon": pd.concat(wkt, ignore_index=True),
         })
 
 
@@ -619,6 +648,7 @@ def _stream(model: Any, src: _Source, tiles: list[Tile], net_shape: tuple[int, i
                                       f"overlap={overlap}; set overlap >= {math.ceil(radius) + 1} so that they "
                                       "are found whole", TilingWarning, stacklevel=4)
                 done_tiles += 1
+                _release_free_memory()
                 if progress is not None:
                     progress(done_tiles / len(tiles), f"tile {done_tiles}/{len(tiles)}")
             known_until = tile_rows[done_rows][0].core_y1
@@ -627,6 +657,26 @@ def _stream(model: Any, src: _Source, tiles: list[Tile], net_shape: tuple[int, i
             if should_cancel is not None and should_cancel():
                 raise CancelledError(f"{src.name}: prediction cancelled while writing labels")
             yield (by, bx), objects.render(by, bx, (bh, min(OUTPUT_TILE, w - bx)), np.int32)
+
+
+def _release_free_memory() -> None:
+    """Hand memory freed by the last tile back to the operating system (glibc ``malloc_trim``).
+
+    TensorFlow allocates and frees a few hundred MB per tile from several malloc arenas; glibc keeps the
+    freed pages, and their fragmentation made the resident memory creep up tile after tile (+20 % peak
+    RSS at 8192² vs 2048² before this). A no-op where glibc is not the C library.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        _MALLOC_TRIM = False
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            with contextlib.suppress(OSError, AttributeError):
+                _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
 
 
 def _write_tiled(out: Path, shape: tuple[int, int], blocks, label_dtype: str) -> Path:
