@@ -236,6 +236,36 @@ def test_bounded_memory(blob_model, tmp_path):
     assert peak < full_float / 3, f"peak traced memory {peak / 1e6:.1f} MB"
 
 
+
+def _proc_status_bytes(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc/self/clear_refs")
+def test_rss_growth_is_flat_in_image_size(blob_model, tmp_path):
+    """Peak resident memory (VmHWM, reset before each run) grows by far less than one float copy of the
+    image, and about as much for a 4096² image as for a 1024² one."""
+    base = simulate_image((512, 512), seed=5, n_objects=(60, 70))[0]
+
+    def growth(side: int) -> tuple[int, int]:
+        src = tmp_path / f"im{side}.tif"
+        tifffile.imwrite(src, np.tile(base, (side // 512, side // 512)))
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        before = _proc_status_bytes("VmRSS")
+        _, objects = predict_large(blob_model, src, tmp_path / "labels.tif", tile_size=256, overlap=32)
+        return _proc_status_bytes("VmHWM") - before, len(objects)
+
+    growth(1024)  # warm-up: imports, first allocations
+    small, n_small = growth(1024)
+    big, n_big = growth(4096)
+    assert n_big > 10 * n_small > 0
+    full_float = 4096 * 4096 * 4  # 67 MB: the normalised image alone, untiled (labels: as much again)
+    assert big < full_float / 2, f"RSS grew by {big / 1e6:.1f} MB for 4096²"
+    assert big < small + 24e6, f"RSS growth {small / 1e6:.1f} MB at 1024² vs {big / 1e6:.1f} MB at 4096²"
+
 def test_default_overlap_and_cli_predictor(blob_model, tmp_path):
     assert default_overlap(blob_model) % blob_model.config.divisor == 0
     assert default_overlap(blob_model) >= 16
