@@ -152,6 +152,12 @@ def test_tiled_matches_untiled_and_objects_come_out_once(blob_model, image):
     assert objects["label"].is_unique
     present = set(np.unique(labels)) - {0}
     assert present == set(objects["label"])
+    # areas and centroids, accumulated block by block, are those of the label image
+    lab = objects["label"].to_numpy()
+    assert np.array_equal(objects["area"].to_numpy(), np.bincount(labels.ravel())[lab])
+    yy, xx = np.indices(labels.shape)
+    sum_y = np.bincount(labels.ravel(), weights=yy.ravel())[lab]
+    assert np.allclose(objects["centroid_y"].to_numpy(), sum_y / objects["area"].to_numpy())
     polys = objects["polygon"]
     assert polys.str.startswith("POLYGON").all()
     cy = objects["centroid_y"].to_numpy()
