@@ -18,6 +18,7 @@ core, drops those of neighbouring tiles that they overlap, and relabels to uniqu
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import sys
@@ -57,9 +58,6 @@ _SAMPLE_BLOCK = 1024
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
-
-#: glibc's ``malloc_trim`` once looked up (False where there is none); see :func:`_release_free_memory`.
-_MALLOC_TRIM: Any = None
 
 
 class TilingWarning(UserWarning):
@@ -659,6 +657,19 @@ def _stream(model: Any, src: _Source, tiles: list[Tile], net_shape: tuple[int, i
             yield (by, bx), objects.render(by, bx, (bh, min(OUTPUT_TILE, w - bx)), np.int32)
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or ``None`` where glibc is not the C library."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
 def _release_free_memory() -> None:
     """Hand memory freed by the last tile back to the operating system (glibc ``malloc_trim``).
 
@@ -666,17 +677,9 @@ def _release_free_memory() -> None:
     freed pages, and their fragmentation made the resident memory creep up tile after tile (+20 % peak
     RSS at 8192² vs 2048² before this). A no-op where glibc is not the C library.
     """
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        _MALLOC_TRIM = False
-        if sys.platform.startswith("linux"):
-            import ctypes
-
-            with contextlib.suppress(OSError, AttributeError):
-                _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
-
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _write_tiled(out: Path, shape: tuple[int, int], blocks, label_dtype: str) -> Path:
