@@ -106,6 +106,26 @@ def test_plan_tiles_cores_partition_the_image():
     assert plan_tiles((50, 40), tile_size=1024)[0] == Tile(0, 0, 0, 50, 40, 0, 0, 50, 40)
 
 
+def test_plan_tiles_shrinks_extents_to_what_covers_the_image():
+    # two tiles per axis: extents of (2048 + 2 * 96) / 2 = 1120, cores meeting in the middle of the overlap
+    tiles = plan_tiles((2048, 2048), tile_size=1024, overlap=96, divisor=8)
+    assert len(tiles) == 4 and {t.shape for t in tiles} == {(1120, 1120)}
+    assert [(t.y0, t.y1, t.core_y0, t.core_y1) for t in tiles[::2]] == [(0, 1120, 0, 1024), (928, 2048, 1024, 2048)]
+    # a side up to tile_size + 2 * overlap is one tile; otherwise extents stay within that bound
+    assert plan_tiles((1200, 1216), tile_size=1024, overlap=96, divisor=8)[0].shape == (1200, 1216)
+    rng = np.random.default_rng(0)
+    for size, tile, overlap, divisor in rng.integers([1, 1, 0, 1], [3000, 600, 100, 17], size=(300, 4)):
+        ov = -(-overlap // divisor) * divisor
+        spans = {(t.y0, t.y1, t.core_y0, t.core_y1) for t in plan_tiles((size, 1), tile, overlap, divisor)}
+        cover = np.zeros(size, int)
+        for y0, y1, c0, c1 in spans:
+            cover[c0:c1] += 1
+            assert y0 % divisor == 0 and y0 <= c0 < c1 <= y1 <= size
+            assert c0 - y0 >= min(ov, c0) and y1 - c1 >= min(ov, size - c1)
+            assert len(spans) == 1 or y1 - y0 <= -(-tile // divisor) * divisor + 2 * ov + divisor
+        assert (cover == 1).all()
+
+
 def test_split_image_views():
     img = np.arange(100 * 70).reshape(100, 70)
     parts = split_image(img, tile_size=32, overlap=8)

@@ -332,7 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiled", choices=("auto", "always", "never"), default="auto",
                    help="stream large images tile by tile (auto: above --tiled-above pixels)")
     p.add_argument("--tiled-above", type=int, default=4096 * 4096, help="pixel count for auto tiling")
-    p.add_argument("--tile-size", type=int, default=1024, help="tile side for streaming (default 1024)")
+    p.add_argument("--tile-size", type=int, default=1024,
+                   help="largest tile core side for streaming; the network sees at most this + 2 x overlap "
+                   "(default 1024)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="score predicted label images against ground-truth masks")

@@ -1,11 +1,11 @@
 """Tiled, streamed prediction of large images; tile split and merge.
 
 An image of any size is cut into tiles whose *cores* partition it; each tile's extent is its core
-grown by ``overlap`` pixels on every side (clamped inside the image, so all network inputs have one
-shape). :func:`predict_large` runs the network on one tile at a time, does stardist's candidate
-selection and non-maximum suppression per tile, keeps the objects whose centre lies in the tile's core
-(so each object is found once, by one tile, and is whole: its polygon is kept, not a clipped label
-patch), and renders the label image output tile by output tile into a tiled TIFF. It never holds the
+grown by at least ``overlap`` pixels on every side that is not the image edge, and all extents have one
+shape, as small as covers the image (:func:`plan_tiles`). :func:`predict_large` runs the network on one
+tile at a time, does stardist's candidate selection and non-maximum suppression per tile, keeps the
+objects whose centre lies in the tile's core (so each object is found once, by one tile, and is whole:
+its polygon is kept, not a clipped label patch), and renders the label image output tile by output tile into a tiled TIFF. It never holds the
 full float image, probability maps or label image; the input is read region by region (row reads for
 uncompressed TIFFs, tile/strip segments otherwise) and normalised with percentiles taken from a
 strided subsample.
@@ -109,32 +109,40 @@ def _round_up(v: int, d: int) -> int:
 
 
 def _axis_spans(size: int, tile: int, overlap: int, divisor: int) -> list[tuple[int, int, int, int]]:
-    """(start, stop, core_start, core_stop) along one axis."""
-    n = max(1, math.ceil(size / tile))
-    core = min(_round_up(math.ceil(size / n), divisor), tile) if n > 1 else size
-    n = math.ceil(size / core)
-    extent = core + 2 * overlap
-    spans = []
-    for k in range(n):
-        c0, c1 = k * core, min(size, (k + 1) * core)
-        if extent >= size:
-            s0, s1 = 0, size
-        else:
-            last = _round_up(size - extent, divisor)
-            s0 = max(0, min(c0 - overlap, last))
-            s1 = min(size, s0 + extent)
-        spans.append((s0, s1, c0, c1))
-    return spans
+    """(start, stop, core_start, core_stop) along one axis.
+
+    The fewest extents of at most ``tile + 2 * overlap`` pixels, made as small as possible and of one
+    length: neighbouring extents share at least ``2 * overlap`` pixels and the core boundary lies in the
+    middle of what they share, so every core has ``overlap`` pixels of context on each inner side. The
+    first and last tiles need no context towards the image edge, so their cores are longer by
+    ``overlap``: fewer pixels go through the network than with cores of one length.
+    """
+    if size <= tile + 2 * overlap:
+        return [(0, size, 0, size)]
+    n = math.ceil((size - 2 * overlap) / tile)
+    padded = _round_up(size, divisor)
+    extent = _round_up(math.ceil((padded + 2 * overlap * (n - 1)) / n), divisor)
+    if extent >= size:
+        return [(0, size, 0, size)]
+    # starts spread evenly in steps of the divisor: (padded - extent) / (n - 1) <= extent - 2 * overlap
+    units = (padded - extent) // divisor
+    starts = [divisor * (k * units // (n - 1)) for k in range(n)]
+    bounds = [0] + [(starts[k + 1] + starts[k] + extent) // 2 for k in range(n - 1)] + [size]
+    return [(s, min(size, s + extent), bounds[k], bounds[k + 1]) for k, s in enumerate(starts)]
 
 
 def plan_tiles(shape: tuple[int, int], tile_size: int | tuple[int, int] = 1024, overlap: int | None = None,
                divisor: int = 1) -> list[Tile]:
     """Tiles (row-major) whose cores partition an image of ``shape`` (H, W).
 
-    ``tile_size`` is the largest core side (cores are balanced: a 1030-pixel side with 1024 gives two
-    cores of 520 and 510); the extent adds ``overlap`` (default :data:`DEFAULT_OVERLAP`) on each side,
-    shifted inward at the image edges so that all extents have one shape. Core sides, overlap and
-    extent starts are multiples of ``divisor`` (the network's; keeps stardist's grid aligned).
+    Each tile's extent (what the network sees) is at most ``tile_size + 2 * overlap`` per side and all
+    extents have one shape (only a last one may be cut by the image edge); ``overlap`` (default
+    :data:`DEFAULT_OVERLAP`) is the context every core has on each side that is not the image edge.
+    Per axis, the planner takes the fewest tiles and shrinks their extent to what covers the axis: a
+    2048-pixel side with ``tile_size=1024, overlap=96`` gives two extents of 1120 (cores 1024 each),
+    where cores of one length with full context would need 1216. A side of at most
+    ``tile_size + 2 * overlap`` is one tile. Overlap, extent sizes and starts are multiples of ``divisor``
+    (the network's; keeps stardist's grid aligned).
     """
     if len(shape) < 2:
         raise InputError(f"plan_tiles: shape {shape} must be (H, W)")
@@ -566,7 +574,8 @@ def predict_large(model: Any, source: str | os.PathLike | np.ndarray, out_path: 
         end; on cancel or error no file is left. ``None`` returns the label array instead (int32; needs the
         whole label image in memory, for arrays and tests).
     tile_size, overlap
-        Core side of the tiles and context per side (default :func:`default_overlap`); a warning
+        Largest core side of the tiles (each network input is at most ``tile_size + 2 * overlap``, see
+        :func:`plan_tiles`) and context per side (default :func:`default_overlap`); a warning
         (:class:`TilingWarning`) says what to set when they are smaller than the receptive field or the
         objects found.
     prob_thresh, nms_thresh

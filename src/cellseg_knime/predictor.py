@@ -83,7 +83,8 @@ class LargeImageSettings:
     """Streamed prediction of image files of any size."""
 
     output_folder = knext.StringParameter("Output folder", "Folder for the label TIFFs (created if missing).", "")
-    tile_size = knext.IntParameter("Tile size", "Side of the tiles the image is processed in.", 1024,
+    tile_size = knext.IntParameter("Tile size", "Largest side of a tile's own region; the network sees at most "
+                                   "this + 2 x overlap pixels per side at a time.", 1024,
                                    min_value=64, max_value=16384)
     overlap = knext.IntParameter("Overlap", "Overlap of neighbouring tiles in pixels, larger than the largest "
                                  "object (0 = chosen from the model).", 0, min_value=0, max_value=4096)

@@ -64,8 +64,9 @@ class ImageTiler:
 
     image_column = knext.ColumnParameter("Image column", "Column with the images.", port_index=0,
                                          column_filter=kt.is_image_column)
-    tile_size = knext.IntParameter("Tile size", "Side of the square tiles in pixels (edge tiles may be smaller "
-                                   "only if the image is).", 1024, min_value=16, max_value=16384)
+    tile_size = knext.IntParameter("Tile size", "Largest side of a tile's own region (core) in pixels; a tile "
+                                   "with its overlap is at most this + 2 x overlap, and an image side up to that is "
+                                   "one tile.", 1024, min_value=16, max_value=16384)
     overlap = knext.IntParameter("Overlap", "Overlap of neighbouring tiles in pixels; larger than the largest "
                                  "object.", 64, min_value=0, max_value=4096)
     divisor = knext.IntParameter("Size divisor", "Tile sizes and offsets are multiples of this (e.g. the model's "
