@@ -152,6 +152,14 @@ def test_atomic_write_leaves_no_temp_file_on_failure(tmp_path, monkeypatch):
     assert np.array_equal(cio.read_image(target), original)  # old file untouched
 
 
+def test_written_files_get_the_permissions_of_the_umask(tmp_path):
+    # temporary files are private (0600); what is renamed into place must be readable as a plain write's is
+    mask = os.umask(0o022)
+    os.umask(mask)
+    cio.write_image(tmp_path / "a.tif", _random((10, 10), np.uint8))
+    assert (tmp_path / "a.tif").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
 def test_write_creates_parents_and_unwritable_folder(tmp_path):
     p = cio.write_image(tmp_path / "a" / "b" / "c.tif", np.zeros((4, 4), np.uint8))
     assert p.is_file() and os.listdir(p.parent) == ["c.tif"]

@@ -9,6 +9,7 @@ and the KNIME nodes can show it as it is.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io as _io
 import os
 import tempfile
@@ -240,6 +241,20 @@ def write_image(path: str | os.PathLike, array: np.ndarray) -> Path:
     return path
 
 
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def set_default_mode(path: str | os.PathLike) -> None:
+    """Give a file or folder made by :mod:`tempfile` (private: 0600/0700) the permissions a plain
+    ``open``/``mkdir`` would have given it under the process umask, before it is renamed into place."""
+    base = 0o777 if Path(path).is_dir() else 0o666
+    os.chmod(path, base & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, what: str = "file") -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success rename it to `path`, on any error remove it.
@@ -257,6 +272,7 @@ def atomic_path(path: str | os.PathLike, what: str = "file") -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        set_default_mode(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
