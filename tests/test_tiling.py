@@ -74,13 +74,17 @@ class _BlobNet:
     def predict(self, x: np.ndarray, **kwargs) -> list[np.ndarray]:
         return self.predict_on_batch(x)
 
+    def get_weights(self) -> list[np.ndarray]:
+        return []
+
 
 @pytest.fixture(scope="module")
 def blob_model() -> CellsegModel:
     model = CellsegModel.create(ModelConfig(n_rays=16, unet_n_depth=2, unet_n_filter_base=4, patch_size=(64, 64)))
     model.stardist.keras_model = _BlobNet(16)
-    model._cellseg_receptive_field = 16  # type: ignore[attr-defined]  (the stand-in's reach: ~4 sigma * grid)
     model.thresholds = {"prob": 0.5, "nms": 0.3}
+    # the stand-in's reach (~4 sigma * grid; its impulse response is nil: a lone pixel is below 0.3)
+    model.geometry = {"receptive_field": 16, "fingerprint": model.fingerprint()}
     return model
 
 
@@ -310,3 +314,26 @@ def test_default_overlap_and_cli_predictor(blob_model, tmp_path):
     assert cli_predictor(blob_model, Args()) is None
     Args.tiled = "always"
     assert cli_predictor(blob_model, Args()).wants(Path(small))
+
+
+def test_receptive_field_is_measured_once_and_saved_with_the_model(tiny_model_bytes, tmp_path):
+    import contextlib
+    import io
+
+    from cellseg.models import from_bytes, load_model
+    from cellseg.tiling import receptive_field
+
+    model = from_bytes(tiny_model_bytes)
+    with contextlib.redirect_stdout(io.StringIO()):
+        expected = int(max(max(r) for r in model.stardist._compute_receptive_field()))
+    assert receptive_field(model) == expected
+    assert model.geometry == {"receptive_field": expected, "fingerprint": model.fingerprint()}
+    model.save(tmp_path / "m")
+    again = load_model(tmp_path / "m")
+    assert again.geometry == model.geometry
+    # a stale record (weights changed since it was measured) is measured anew
+    again.geometry["receptive_field"] = 1
+    assert receptive_field(again) == 1
+    weights = again.keras_model.get_weights()
+    again.keras_model.set_weights([w * 1.01 for w in weights])
+    assert receptive_field(again) > 1 and again.geometry["fingerprint"] == again.fingerprint()

@@ -193,6 +193,9 @@ class CellsegModel:
         The architecture.
     provenance : dict
         JSON-able record of how the model came about.
+    geometry : dict
+        Measured properties of the network kept with the bundle so that they need not be measured again:
+        ``receptive_field`` (pixels) and the :meth:`fingerprint` of the weights it was measured for.
     """
 
     def __init__(self, stardist_model: Any, config: ModelConfig, provenance: dict | None = None,
@@ -200,6 +203,7 @@ class CellsegModel:
         self.stardist = stardist_model
         self.config = config
         self.provenance: dict[str, Any] = provenance if provenance is not None else {}
+        self.geometry: dict[str, Any] = {}
         self._workdir = workdir
         self._bundle_bytes: bytes | None = None  # bytes this model was loaded from, while unchanged
 
@@ -318,6 +322,9 @@ class CellsegModel:
             raise InputError(f"cannot write model to {path}: {err.strerror or err}") from err
         try:
             self._write_files(tmp)
+            from cellseg.io import set_default_mode
+
+            set_default_mode(tmp)
             if path.exists():
                 old = path.with_name(f".{path.name}.old")
                 shutil.rmtree(old, ignore_errors=True)
@@ -339,6 +346,8 @@ class CellsegModel:
         self.keras_model.save_weights(str(folder / WEIGHTS_FILE))
         meta = {"format": "cellseg-bundle", "format_version": 1, "model_config": self.config.to_dict(),
                 "provenance": self.provenance}
+        if self.geometry:
+            meta["geometry"] = self.geometry
         _write_json(folder / BUNDLE_META, meta)
 
     def to_bytes(self) -> bytes:
@@ -483,7 +492,10 @@ def _load_folder(folder: Path, origin: str | None = None) -> CellsegModel:
         sd_model.thresholds = DEFAULT_THRESHOLDS
     provenance = meta.get("provenance") or {"name": folder.name, "imported_from": origin, "steps_trained": 0,
                                             "trainings": []}
-    return CellsegModel(sd_model, config, provenance, workdir)
+    model = CellsegModel(sd_model, config, provenance, workdir)
+    if isinstance(meta.get("geometry"), dict):
+        model.geometry = dict(meta["geometry"])
+    return model
 
 
 def _load_stardist_pretrained(name: str) -> CellsegModel:
