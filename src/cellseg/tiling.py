@@ -449,16 +449,19 @@ def _check_geometry(model: Any, tile_size: tuple[int, int], overlap: int) -> Non
 # -- streamed prediction --------------------------------------------------------------------------
 
 class _Objects:
-    """Objects found so far: polygons (global coordinates), probabilities, bounding boxes and pixel sums.
+    """Objects found so far: ray distances and centres, probabilities, bounding boxes and pixel sums.
 
-    Kept compact because an image can hold 100 k objects or more: polygons stay float32 (the precision
-    stardist's ``dist_to_coord`` computes them in), arrays grow by half their size instead of being
-    copied on every tile, and WKT strings are made only when the table is.
+    Kept compact because an image can hold 100 k objects or more: each object is stored as stardist
+    predicts it (float32 ray distances from an integer centre, 180 bytes with 32 rays), its polygon is
+    made only when it is drawn or written (:meth:`coord`, float32 as stardist's ``dist_to_coord`` gives
+    them), arrays grow by half their size instead of being copied on every tile, and WKT strings are
+    made only when the table is.
     """
 
     def __init__(self, n_rays: int) -> None:
         self.n = 0
-        self.coord = np.zeros((0, 2, n_rays), np.float32)
+        self.dist = np.zeros((0, n_rays), np.float32)
+        self.centre = np.zeros((0, 2), np.int32)
         self.prob = np.zeros(0, np.float32)
         self.bbox = np.zeros((0, 4), np.float32)  # ymin, ymax, xmin, xmax
         self.sums = np.zeros((0, 3), np.float64)  # pixel count, sum y, sum x
@@ -470,18 +473,26 @@ class _Objects:
         if n <= len(self.prob):
             return
         cap = max(n, len(self.prob) * 3 // 2, 1024)
-        for name in ("coord", "prob", "bbox", "sums"):
+        for name in ("dist", "centre", "prob", "bbox", "sums"):
             old = getattr(self, name)
             new = np.zeros((cap,) + old.shape[1:], old.dtype)
             new[:self.n] = old[:self.n]
             setattr(self, name, new)
 
-    def add(self, coord: np.ndarray, prob: np.ndarray) -> None:
+    def coord(self, index: np.ndarray | slice) -> np.ndarray:
+        """Polygons ``(k, 2, n_rays)`` (y, x; image coordinates) of the objects ``index``."""
+        from stardist.geometry import dist_to_coord
+
+        return dist_to_coord(self.dist[index], self.centre[index]).astype(np.float32)
+
+    def add(self, dist: np.ndarray, centre: np.ndarray, prob: np.ndarray) -> None:
         k = len(prob)
         self._reserve(self.n + k)
         new = slice(self.n, self.n + k)
-        self.coord[new] = coord
+        self.dist[new] = dist
+        self.centre[new] = centre
         self.prob[new] = prob
+        coord = self.coord(new)
         self.bbox[new] = np.stack([coord[:, 0].min(1), coord[:, 0].max(1), coord[:, 1].min(1),
                                    coord[:, 1].max(1)], axis=1).reshape(-1, 4)
         self.n += k
@@ -499,8 +510,9 @@ class _Objects:
                              & (b[:, 2] <= x0 + shape[1]))
         if len(hit) == 0:
             return out
-        for i in hit[np.argsort(self.prob[hit], kind="stable")]:
-            rr, cc = polygon(self.coord[i, 0] - y0, self.coord[i, 1] - x0, shape)
+        order = hit[np.argsort(self.prob[hit], kind="stable")]
+        for i, c in zip(order, self.coord(order)):
+            rr, cc = polygon(c[0] - y0, c[1] - x0, shape)
             out[rr, cc] = i + 1
         # pixel count and coordinate sums of the objects drawn, indexed compactly by their rank in ``hit``
         ids = out.ravel()
@@ -518,8 +530,8 @@ class _Objects:
         if len(present) == 0:
             return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(OBJECT_COLUMNS, _COLUMN_DTYPES)})
         # WKT strings in chunks of Arrow-backed strings: no Python list of every object's string at once
-        wkt = [pd.Series([polygon_wkt(self.coord[i, 0], self.coord[i, 1]) for i in present[s:s + chunk]],
-                         dtype="str") for s in range(0, len(present), chunk)]
+        wkt = [pd.Series([polygon_wkt(c[0], c[1]) for c in self.coord(present[s:s + chunk])], dtype="str")
+               for s in range(0, len(present), chunk)]
         return pd.DataFrame({
             "label": (present + 1).astype(np.int64),
             "centroid_y": self.sums[present, 1] / area[present],
@@ -543,10 +555,10 @@ def _normalizer(source: _Source) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _tile_objects(model: Any, source: _Source, tile: Tile, net_shape: tuple[int, int], mi: np.ndarray,
-                  ma: np.ndarray, prob_thresh: float, nms_thresh: float) -> tuple[np.ndarray, np.ndarray]:
-    """Network + candidates + NMS on one tile; polygons (global, ``(n, 2, n_rays)``) and probabilities of the
-    objects whose centre lies in the tile's core."""
-    from stardist.geometry import dist_to_coord
+                  ma: np.ndarray, prob_thresh: float, nms_thresh: float,
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Network + candidates + NMS on one tile; ray distances ``(n, n_rays)``, centres (image coordinates,
+    ``(n, 2)``) and probabilities of the objects whose centre lies in the tile's core."""
     from stardist.nms import non_maximum_suppression_sparse
 
     from cellseg.prediction import network_outputs
@@ -566,12 +578,12 @@ def _tile_objects(model: Any, source: _Source, tile: Tile, net_shape: tuple[int,
     p, d, pts = candidates(prob[0], dist[0], tile.shape, model.config.grid, prob_thresh)
     n_rays = dist.shape[-1]
     if len(p) == 0:
-        return np.zeros((0, 2, n_rays)), np.zeros(0)
+        return np.zeros((0, n_rays), np.float32), np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
     pts, p, d, _ = non_maximum_suppression_sparse(d, p, pts, nms_thresh=nms_thresh)
     gy, gx = pts[:, 0] + tile.y0, pts[:, 1] + tile.x0
     own = (gy >= tile.core_y0) & (gy < tile.core_y1) & (gx >= tile.core_x0) & (gx < tile.core_x1)
     gpts = np.stack([gy[own], gx[own]], axis=1)
-    return dist_to_coord(d[own], gpts), p[own]
+    return d[own], gpts, p[own]
 
 
 def _check_out_path(out_path: Path) -> None:
@@ -673,12 +685,11 @@ def _stream(model: Any, src: _Source, tiles: list[Tile], net_shape: tuple[int, i
             for t in tile_rows[done_rows]:
                 if should_cancel is not None and should_cancel():
                     raise CancelledError(f"{src.name}: prediction cancelled after {done_tiles} of {len(tiles)} tiles")
-                coord, p = _tile_objects(model, src, t, net_shape, mi, ma, prob, nms)
+                dist, centre, p = _tile_objects(model, src, t, net_shape, mi, ma, prob, nms)
+                _release_free_memory()  # TensorFlow's freed tile buffers, before the object store may grow
                 if len(p):
-                    objects.add(coord, p)
-                    cy = coord[:, 0].mean(axis=1, keepdims=True)
-                    cx = coord[:, 1].mean(axis=1, keepdims=True)
-                    radius = float(np.max(np.hypot(coord[:, 0] - cy, coord[:, 1] - cx)))
+                    objects.add(dist, centre, p)
+                    radius = float(dist.max())
                     reach = max(reach, radius)
                     if radius > overlap and not warned:
                         warned = True
@@ -686,7 +697,6 @@ def _stream(model: Any, src: _Source, tiles: list[Tile], net_shape: tuple[int, i
                                       f"overlap={overlap}; set overlap >= {math.ceil(radius) + 1} so that they "
                                       "are found whole", TilingWarning, stacklevel=4)
                 done_tiles += 1
-                _release_free_memory()
                 if progress is not None:
                     progress(done_tiles / len(tiles), f"tile {done_tiles}/{len(tiles)}")
             known_until = tile_rows[done_rows][0].core_y1
