@@ -25,6 +25,7 @@ from cellseg import metrics, simulate
 from cellseg.data import dsb2018_fluorescence
 from cellseg.models import PRETRAINED_DIR, ModelConfig
 from cellseg.prediction import predict
+from cellseg.tiling import default_overlap, receptive_field
 from cellseg.training import TrainConfig, train
 
 
@@ -105,6 +106,7 @@ def main() -> int:
                                        "AP@0.5": ap50, "F1@0.5": f1, "mean_AP_0.5_0.95": map_}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    rf = receptive_field(model)  # measured once, saved with the model (tiled prediction's default overlap)
     model.mark_changed()
     model.save(out / f"{args.name}.zip")
     size_mb = (out / f"{args.name}.zip").stat().st_size / 1e6
@@ -125,6 +127,8 @@ def main() -> int:
           f"{t['train_config']['learning_rate'] or 3e-4:g}" for t in model.provenance.get("trainings", [])],
         f"  - in all {model.steps_trained} steps.",
         f"- Thresholds: {model.thresholds}",
+        f"- Receptive field (impulse response, as stardist measures it; kept in the bundle's `cellseg.json` "
+        f"under `geometry`): {rf} px, so tiled prediction uses a {default_overlap(model)}-px overlap by default.",
         "- Script: `scripts/train_pretrained.py --minutes 55`, then `scripts/train_pretrained.py --init "
         f"dsb2018_simmix --minutes M --learning-rate LR` to continue; bundle size {size_mb:.1f} MB.",
         "",

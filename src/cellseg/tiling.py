@@ -424,7 +424,8 @@ def receptive_field(model: Any) -> int:
         rf = 2 ** (int(getattr(model.config, "unet_n_depth", 3)) + 3)
     if isinstance(geometry, dict):
         geometry.update(receptive_field=rf, fingerprint=fingerprint)
-        model._bundle_bytes = None  # the bundle now carries more than the bytes it was loaded from
+        if hasattr(model, "mark_changed"):
+            model.mark_changed()  # its bundle now carries more than the bytes it was loaded from
     return rf
 
 
