@@ -5,10 +5,10 @@ grown by at least ``overlap`` pixels on every side that is not the image edge, a
 shape, as small as covers the image (:func:`plan_tiles`). :func:`predict_large` runs the network on one
 tile at a time, does stardist's candidate selection and non-maximum suppression per tile, keeps the
 objects whose centre lies in the tile's core (so each object is found once, by one tile, and is whole:
-its polygon is kept, not a clipped label patch), and renders the label image output tile by output tile into a tiled TIFF. It never holds the
-full float image, probability maps or label image; the input is read region by region (row reads for
-uncompressed TIFFs, tile/strip segments otherwise) and normalised with percentiles taken from a
-strided subsample.
+its polygon is kept, not a clipped label patch), and renders the label image output tile by output
+tile into a tiled TIFF. It never holds the full float image, probability maps or label image; the
+input is read region by region (row reads for uncompressed TIFFs, tile/strip segments otherwise) and
+normalised with percentiles taken from a strided subsample.
 
 :func:`split_image` and :func:`merge_labels` are the same tiling for arbitrary per-tile processing (the
 KNIME Image Tiler / Tile Merger): ``merge_labels`` keeps each tile's objects whose centroid lies in its
