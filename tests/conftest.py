@@ -93,16 +93,13 @@ def tiny_dataset() -> tuple[list, list]:
 def tiny_learner(tiny_dataset):
     """The StarDist Learner node trained ONCE on the tiny data (tiny model, 2 steps):
     ``(node, ctx, (model_port_object, history_table, view), configured (spec, schema))``."""
-    import knime.extension as knext
     import knime.extension.testing as ktest
-    import pandas as pd
 
-    from cellseg.io import encode_tiff
     from cellseg_knime.learners import StarDistLearner
+    from knime_cells import image_df, table_of
 
     images, labels = tiny_dataset
-    table = knext.Table.from_pandas(pd.DataFrame(
-        {"image": [encode_tiff(i) for i in images], "labels": [encode_tiff(m) for m in labels]}))
+    table = table_of(image_df(images, labels).drop(columns="name"))
     node = StarDistLearner()
     node.architecture.n_rays = 16
     node.architecture.unet_n_depth = 2

@@ -11,40 +11,17 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cellseg.io import decode_tiff, encode_tiff, write_image
-from cellseg_knime import compat
+from cellseg.io import write_image
+from cellseg_knime import cells
 from cellseg_knime.learners import HISTORY_COLUMNS, StarDistLearner, StarDistRetrainer
 from cellseg_knime.ports import StarDistModelPortObject, StarDistModelSpec, summary_from_bundle
 from cellseg_knime.predictor import StarDistPredictor
 from cellseg_knime.scorer import StarDistScorer
 from cellseg_knime.sources import ImageReader, ModelReader, NucleiSimulator
 from cellseg_knime.writers import ModelWriter
+from knime_cells import KINDS, array, batch_sizes, column, image_df, png, same_schema, table_of
 
 CFG = ktest.TestingConfigurationContext
-
-
-def table_of(df: pd.DataFrame, batch_rows: int | None = None) -> knext.Table:
-    table = knext.Table.from_pandas(df)
-    if batch_rows and compat.using_standin():
-        table._batch_size = batch_rows  # stand-in only: several batches from table.batches()
-    return table
-
-
-def image_df(images: list, labels: list | None = None) -> pd.DataFrame:
-    data = {"name": [f"im{i}" for i in range(len(images))], "image": [encode_tiff(i) for i in images]}
-    if labels is not None:
-        data["labels"] = [encode_tiff(m) for m in labels]
-    return pd.DataFrame(data)
-
-
-def same_schema(configured: knext.Schema, table: object) -> None:
-    """Column names and types of an output table (non-empty columns) equal the configured schema."""
-    df = table.to_pandas()  # type: ignore[attr-defined]
-    assert list(df.columns) == configured.column_names
-    actual = {c.name: c.ktype for c in table.schema}  # type: ignore[attr-defined]
-    for col in configured:
-        if len(df) and df[col.name].notna().all():
-            assert actual[col.name] == col.ktype, (col.name, actual[col.name], col.ktype)
 
 
 @pytest.fixture()
@@ -67,13 +44,14 @@ def test_simulator(knime_ctx) -> None:
     same_schema(schema, out)
     df = out.to_pandas()
     assert list(df.index) == ["Row0", "Row1", "Row2"]
-    img, lbl = decode_tiff(df["image"].iloc[0]), decode_tiff(df["labels"].iloc[0])
+    assert isinstance(df["image"].iloc[0], Image.Image) and df["image"].iloc[0].mode == "I;16"
+    img, lbl = array(df["image"].iloc[0]), array(df["labels"].iloc[0])
     assert img.shape == lbl.shape == (48, 48) and img.dtype == np.uint16
     assert df["n_objects"].iloc[0] == len(np.unique(lbl)) - 1
     assert isinstance(df["preview"].iloc[0], Image.Image)
     assert ctx.progress[-1][0] == 1.0 and all(m for _, m in ctx.progress)
     again = node.execute(knime_ctx.make()).to_pandas()
-    assert again["image"].iloc[2] == df["image"].iloc[2]  # deterministic
+    np.testing.assert_array_equal(array(again["image"].iloc[2]), array(df["image"].iloc[2]))  # deterministic
     with pytest.raises(ValueError):
         node.n_images = 0  # min checked on set
     with pytest.raises(ValueError):
@@ -98,8 +76,9 @@ def test_image_reader(tmp_path: Path, tiny_dataset, knime_ctx) -> None:
     same_schema(schema, out)
     df = out.to_pandas()
     assert list(df["image_name"]) == ["a0", "a1", "a2"]
-    np.testing.assert_array_equal(decode_tiff(df["image"].iloc[1]), images[1])
-    np.testing.assert_array_equal(decode_tiff(df["labels"].iloc[1]), labels[1])
+    np.testing.assert_array_equal(array(df["image"].iloc[1]), images[1])
+    np.testing.assert_array_equal(array(df["labels"].iloc[1]), labels[1])
+    assert Path(df["image_path"].iloc[1].path) == (tmp_path / "img" / "a1.tif").resolve()  # a Path cell
     assert list(df[["height", "width", "channels"]].iloc[0]) == [64, 64, 1]
 
     node.content = "PATH"
@@ -107,7 +86,18 @@ def test_image_reader(tmp_path: Path, tiny_dataset, knime_ctx) -> None:
     schema = node.configure(CFG())
     df = node.execute(knime_ctx.make()).to_pandas()
     assert schema.column_names == ["image_name", "image_path", "label_path"]
-    assert len(df) == 2 and Path(df["label_path"].iloc[0]).name == "a0.png"
+    assert len(df) == 2 and Path(df["label_path"].iloc[0].path).name == "a0.png"
+    same_schema(schema, node.execute(knime_ctx.make()))
+
+    write_image(tmp_path / "flt" / "f.tif", images[0].astype(np.float32))  # PNG cannot hold float exactly
+    node.path = str(tmp_path / "flt")
+    node.mask_folder = ""
+    node.content = "IMAGE"
+    with pytest.raises(ValueError, match="f.tif.*float32.*File paths"):
+        node.execute(knime_ctx.make())
+    node.content = "PATH"
+    assert node.execute(knime_ctx.make()).to_pandas()["image_path"].iloc[0].fs_category == "LOCAL"
+    node.mask_folder = str(tmp_path / "msk")
 
     (tmp_path / "msk" / "a2.png").unlink()
     node.content = "IMAGE"
@@ -234,12 +224,12 @@ def test_learner_bad_input(tiny_dataset, knime_ctx) -> None:
     images, labels = tiny_dataset
     node = _learner()
     good = image_df(images, labels)
-    with pytest.raises(knext.InvalidParametersError, match="no binary"):
+    with pytest.raises(knext.InvalidParametersError, match="no PNG image, Path or string"):
         node.configure(CFG(), knext.Schema.from_columns([knext.Column(knext.int64(), "x")]))
     node.image_column = "name"
     node.label_column = "labels"
     schema = table_of(good).schema
-    with pytest.raises(ValueError, match="Row 'Row0'.*'name'"):  # a string column that holds no paths
+    with pytest.raises(ValueError, match="Row 'Row0', column 'name'.*not found"):  # strings that are no paths
         node.execute(knime_ctx.make(), table_of(good))
     node.image_column = "missing"
     with pytest.raises(knext.InvalidParametersError, match="'missing'"):
@@ -257,20 +247,26 @@ def test_learner_bad_input(tiny_dataset, knime_ctx) -> None:
         node.execute(knime_ctx.make(), table_of(good.iloc[:0]))
     missing = good.copy()
     missing.loc[1, "labels"] = None
-    with pytest.raises(ValueError, match="Row 'Row1'.*missing"):
+    with pytest.raises(ValueError, match="Row 'Row1', column 'labels': the cell is missing"):
         node.execute(knime_ctx.make(), table_of(missing))
-    corrupt = good.copy()
-    corrupt.loc[2, "image"] = b"garbage"
-    with pytest.raises(ValueError, match="Row 'Row2'.*corrupt"):
-        node.execute(knime_ctx.make(), table_of(corrupt))
     mismatch = good.copy()
-    mismatch.loc[0, "labels"] = encode_tiff(labels[0][:32])
+    mismatch.loc[0, "labels"] = png(labels[0][:32])
     with pytest.raises(ValueError, match="Row 'Row0'.*does not match"):
         node.execute(knime_ctx.make(), table_of(mismatch))
     rgb = good.copy()
-    rgb.loc[0, "image"] = encode_tiff(np.stack([images[0]] * 3, -1))
+    rgb.loc[0, "image"] = png(np.stack([(images[0] >> 8).astype(np.uint8)] * 3, -1))
     with pytest.raises(ValueError, match="Row 'Row0'.*3 channel"):
         node.execute(knime_ctx.make(), table_of(rgb))
+    colour_labels = good.copy()
+    colour_labels.loc[2, "labels"] = png(np.stack([labels[2].astype(np.uint8)] * 3, -1))
+    with pytest.raises(ValueError, match="Row 'Row2', column 'labels'.*not a colour image"):
+        node.execute(knime_ctx.make(), table_of(colour_labels))
+    palette = good.copy()
+    pal = Image.fromarray((images[0] >> 8).astype(np.uint8)).convert("P")
+    pal.info["transparency"] = 0
+    palette.loc[0, "image"] = pal
+    with pytest.raises(ValueError, match="Row 'Row0', column 'image': a palette image with transparency"):
+        node.execute(knime_ctx.make(), table_of(palette))
 
 
 # -- Retrainer ----------------------------------------------------------------------------------
@@ -299,7 +295,7 @@ def test_retrainer(tiny_dataset, model_port, knime_ctx) -> None:
     with pytest.raises(knext.InvalidParametersError, match="multiple of 8"):
         node.configure(CFG(), model_port.spec, table.schema)
     node.training.patch_size = 64
-    rgb = table_of(image_df([np.stack([i] * 3, -1) for i in images], labels))
+    rgb = table_of(image_df([np.stack([(i >> 8).astype(np.uint8)] * 3, -1) for i in images], labels))
     with pytest.raises(ValueError, match="Row 'Row0'.*3 channel.*expects 1"):
         node.execute(knime_ctx.make(), model_port, rgb)
 
@@ -307,86 +303,136 @@ def test_retrainer(tiny_dataset, model_port, knime_ctx) -> None:
 # -- Predictor ----------------------------------------------------------------------------------
 
 
-def test_predictor(tiny_dataset, model_port, knime_ctx) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_predictor(kind: str, tmp_path: Path, tiny_dataset, model_port, knime_ctx) -> None:
+    """Each input kind; PNG cells in -> PNG label cells out, files in -> label TIFFs (Path cells) out."""
     images, labels = tiny_dataset
-    df = image_df(images, labels)
+    df = image_df(images, labels, kind, tmp_path / "in")
     df.index = pd.Index(["a", "b", "c"], dtype=object)
     table = table_of(df, batch_rows=2)
     node = StarDistPredictor()
     node.advanced.batch_size = 2
     node.thresholds.use_model_thresholds = False
     node.thresholds.prob_thresh = 0.3
+    node.image_output.folder = str(tmp_path / "labels")
     schema, obj_schema = node.configure(CFG(), model_port.spec, table.schema)
     assert schema.column_names == ["name", "image", "labels", "labels (#1)", "n_objects", "preview"]
+    assert schema["labels (#1)"].ktype == (cells.png_type() if kind == "png" else cells.path_type())
     assert node.image_column == "image"
     ctx = knime_ctx.make()
-    out, objects = node.execute(ctx, model_port, table)
+    out, objects, view = node.execute(ctx, model_port, table)
     same_schema(schema, out)
+    same_schema(obj_schema, objects)
     odf = out.to_pandas()
     assert list(odf.index) == ["a", "b", "c"]
-    lbl = decode_tiff(odf["labels (#1)"].iloc[0])
-    assert lbl.shape == (64, 64) and lbl.dtype in (np.uint16, np.uint32)
+    lbl = array(odf["labels (#1)"].iloc[0])
+    assert lbl.shape == (64, 64) and lbl.dtype == np.uint16
+    if kind != "png":
+        assert Path(odf["labels (#1)"].iloc[0].path).parent == tmp_path / "labels"
     assert odf["n_objects"].iloc[0] == len(np.unique(lbl)) - (1 if (lbl == 0).any() else 0)
     assert isinstance(odf["preview"].iloc[0], Image.Image)
     objs = objects.to_pandas()
-    assert obj_schema.column_names == list(objs.columns)
     assert set(objs["source_row_id"]) <= {"a", "b", "c"}
-    assert len(objs) == odf["n_objects"].sum()
-    if len(objs):
-        same_schema(obj_schema, objects)
-        assert objs["polygon"].iloc[0].startswith("POLYGON ((")
+    assert len(objs) == odf["n_objects"].sum() > 0
+    assert objs["polygon"].iloc[0].startswith("POLYGON ((")
+    html = view.html
+    assert "<img src='data:image/png;base64," in html and "First objects of" in html
     assert ctx.progress[-1][0] == 1.0 and "segmented 3 of 3" in ctx.progress[-1][1]
     assert ctx.cancel_polls >= 2  # polled between batches
+    if kind != "png":  # label files exist now: a second run must not replace them silently
+        with pytest.raises(ValueError, match="exists; enable Overwrite"):
+            node.execute(knime_ctx.make(), model_port, table)
+        node.image_output.overwrite = True
+        node.execute(knime_ctx.make(), model_port, table)
 
     with pytest.raises(RuntimeError, match="canceled"):
         node.execute(knime_ctx.make(cancel_after=1), model_port, table)
-    bad = df.copy()
-    bad.loc["b", "image"] = b"\x00\x01"
-    with pytest.raises(ValueError, match="Row 'b'"):
-        node.execute(knime_ctx.make(), model_port, table_of(bad))
-    rgb = image_df([np.stack([images[0]] * 3, -1)])
+    rgb = image_df([np.stack([(images[0] >> 8).astype(np.uint8)] * 3, -1)])
     with pytest.raises(ValueError, match="Row 'Row0'.*3 channel"):
         node.execute(knime_ctx.make(), model_port, table_of(rgb))
+
+
+def test_predictor_bad_cells(tmp_path: Path, tiny_dataset, model_port, knime_ctx) -> None:
+    images, _ = tiny_dataset
+    node = StarDistPredictor()
+    paths = pd.DataFrame({"image": column(images, "path", tmp_path)})
+    paths.loc[1, "image"] = cells.path_cell(tmp_path / "gone.tif")
+    with pytest.raises(ValueError, match="Row 'Row1', column 'image': file '.*gone.tif' not found"):
+        node.execute(knime_ctx.make(), model_port, table_of(paths))
+    strings = pd.DataFrame({"image": [str(tmp_path / "im0.tif"), None]})
+    with pytest.raises(ValueError, match="Row 'Row1', column 'image': the cell is missing"):
+        node.execute(knime_ctx.make(), model_port, table_of(strings))
+    remote = pd.DataFrame({"image": column(images[:1], "path", tmp_path)})
+    remote.loc[0, "image"] = type(remote["image"].iloc[0])("CONNECTED", "amazon-s3:eu", "/bucket/a.tif")
+    with pytest.raises(ValueError, match="Row 'Row0', column 'image'.*not a local file"):
+        node.execute(knime_ctx.make(), model_port, table_of(remote))
+    node.image_output.output = "PNG"
+    node.image_output.folder = str(tmp_path / "out")
+    large = pd.DataFrame({"image_path": column(images[:1], "path", tmp_path)})
     node.mode = "LARGE_IMAGE"
-    node.image_column = "image"
-    node.large_image.output_folder = "/tmp/x"
-    with pytest.raises(knext.InvalidParametersError, match="string"):
-        node.configure(CFG(), model_port.spec, table.schema)
+    node.image_column = None
+    schema, _ = node.configure(CFG(), model_port.spec, table_of(large).schema)
+    assert schema["labels"].ktype == cells.path_type()  # streamed labels are files whatever the setting
     with pytest.raises(ValueError):
         node.large_image.tile_size = 8  # below min
+
+
+def test_predictor_many_objects_keep_the_batch_rule(tmp_path: Path, model_port, knime_ctx) -> None:
+    """Images with different object counts: every objects batch but the last has the same size."""
+    from cellseg.simulate import simulate_dataset
+
+    images, _ = simulate_dataset(5, size=96, seed=4)
+    node = StarDistPredictor()
+    node.thresholds.use_model_thresholds = False
+    node.thresholds.prob_thresh = 0.05
+    node.advanced.batch_size = 1
+    out, objects, _ = node.execute(knime_ctx.make(), model_port, table_of(image_df(images), batch_rows=2))
+    sizes = batch_sizes(objects)
+    assert sum(sizes) == out.to_pandas()["n_objects"].sum()
+    assert len(set(sizes[:-1])) <= 1 and sizes[-1] <= sizes[0]
+    node.thresholds.prob_thresh = 1.0  # nothing detected: an empty objects table of the configured types
+    _, objects, _ = node.execute(knime_ctx.make(), model_port, table_of(image_df(images[:1])))
+    _, obj_schema = node.configure(CFG(), model_port.spec, table_of(image_df(images[:1])).schema)
+    assert objects.to_pandas().shape[0] == 0
+    same_schema(obj_schema, objects)
 
 
 # -- Scorer -------------------------------------------------------------------------------------
 
 
-def test_scorer(tiny_dataset, knime_ctx) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_scorer(kind: str, tmp_path: Path, tiny_dataset, knime_ctx) -> None:
     from cellseg.metrics import score_dataset
 
     _, labels = tiny_dataset
     preds = [np.where(np.roll(m, 2, axis=1) > 0, np.roll(m, 2, axis=1), 0) for m in labels]
     preds[1] = np.zeros_like(preds[1])  # an image without predictions
-    df = pd.DataFrame({"labels": [encode_tiff(m) for m in labels], "prediction": [encode_tiff(p) for p in preds]})
+    df = pd.DataFrame({"labels": column(labels, kind, tmp_path, "gt"),
+                       "prediction": column(preds, kind, tmp_path, "pred")})
     node = StarDistScorer()
     per_schema, sum_schema = node.configure(CFG(), table_of(df).schema)
     assert (node.truth_column, node.prediction_columns) == ("labels", ["prediction"])
     ctx = knime_ctx.make()
-    per_image, summary = node.execute(ctx, table_of(df, batch_rows=2))
+    per_image, summary, view = node.execute(ctx, table_of(df, batch_rows=2))
     same_schema(per_schema, per_image)
     same_schema(sum_schema, summary)
-    assert len(per_image.to_pandas()) == 30
+    assert len(per_image.to_pandas()) == 30 and batch_sizes(per_image)[0] == 30
     _, expected = score_dataset(labels, preds)
     got = summary.to_pandas().reset_index(drop=True)
     assert set(got.pop("prediction")) == {"prediction"}
     pd.testing.assert_frame_equal(got, expected, check_exact=False, atol=1e-9)
     assert ctx.flow_variables["cellseg_ap50"] == pytest.approx(expected["accuracy"].iloc[0])
     assert ctx.flow_variables["cellseg_mean_ap"] == pytest.approx(expected["accuracy"].mean())
+    assert view.render()[:4] == b"\x89PNG"
+    if kind != "png":
+        return
 
     # two prediction columns (before / after): one block of rows each, in column order
     df2 = df.assign(perfect=df["labels"])
     node2 = StarDistScorer()
     node2.configure(CFG(), table_of(df2).schema)
     assert node2.prediction_columns == ["prediction", "perfect"]
-    per2, sum2 = node2.execute(knime_ctx.make(), table_of(df2))
+    per2, sum2, _ = node2.execute(knime_ctx.make(), table_of(df2))
     s2 = sum2.to_pandas()
     assert list(s2["prediction"]) == ["prediction"] * 10 + ["perfect"] * 10
     assert (s2[s2["prediction"] == "perfect"]["accuracy"] == 1.0).all()
@@ -397,7 +443,7 @@ def test_scorer(tiny_dataset, knime_ctx) -> None:
         node.configure(CFG(), table_of(df).schema)
     node.prediction_columns = ["prediction"]
     bad = df.copy()
-    bad.loc[2, "prediction"] = encode_tiff(preds[2][:40])
+    bad.loc[2, "prediction"] = png(preds[2][:40])
     with pytest.raises(ValueError, match="Row 'Row2'.*does not match"):
         node.execute(knime_ctx.make(), table_of(bad))
     with pytest.raises(ValueError):

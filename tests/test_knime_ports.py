@@ -117,7 +117,7 @@ def test_extension_files() -> None:
         assert key in yml
     assert "Apache License" in (ROOT / "LICENSE").read_text()
     pixi = (ROOT / "pixi.toml").read_text()
-    for dep in ("knime-extension", "knime-python-base", "knime-python-versions", "tensorflow", "stardist"):
+    for dep in ("knime-extension", "knime-python-base", "tensorflow", "stardist"):
         assert dep in pixi
     from PIL import Image
 
@@ -142,7 +142,8 @@ reader = ModelReader()
 reader.source = "FILE"
 reader.path = {str(tmp_path / 'm.zip')!r}
 spec = reader.configure(cfg)
-schema = knext.Schema.from_columns([knext.Column(knext.blob(), "image"), knext.Column(knext.blob(), "labels")])
+from cellseg_knime.cells import png_type
+schema = knext.Schema.from_columns([knext.Column(png_type(), "image"), knext.Column(png_type(), "labels")])
 StarDistLearner().configure(cfg, schema)
 StarDistPredictor().configure(cfg, spec, schema)
 assert spec.n_rays == 16
@@ -157,3 +158,15 @@ print("ok")
 
 def test_invalid_parameters_error_is_knext() -> None:
     assert issubclass(knext.InvalidParametersError, Exception)
+
+
+def test_environment_matches_knime_pins() -> None:
+    """The suite runs on the pandas/pyarrow/Markdown versions KNIME's Python environment pins (5.6 line)."""
+    import importlib.metadata as md
+
+    pins = {"pandas": "2.3.", "pyarrow": "21.0.", "markdown": "3.8."}
+    for name, prefix in pins.items():
+        assert md.version(name).startswith(prefix), (name, md.version(name))
+    pixi = (Path(__file__).resolve().parents[1] / "pixi.toml").read_text()
+    for name, prefix in pins.items():
+        assert f'{name} = "{prefix}*"' in pixi, name

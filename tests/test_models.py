@@ -98,13 +98,17 @@ def test_folder_save_is_loadable_by_plain_stardist(tmp_path, tiny_model_bytes, e
     np.testing.assert_array_equal(predict(load_model(tmp_path / "m.zip"), images[2])[0], ours)
 
 
-def test_save_overwrites_atomically(tmp_path, tiny_model_bytes):
+def test_save_overwrites_only_a_model_and_only_when_asked(tmp_path, tiny_model_bytes):
     model = load_model(tiny_model_bytes)
     model.save(tmp_path / "m")
-    (tmp_path / "m" / "stale.txt").write_text("old")
-    model.save(tmp_path / "m")
-    assert not (tmp_path / "m" / "stale.txt").exists()
+    with pytest.raises(InputError, match="already holds a model.*overwrite"):
+        model.save(tmp_path / "m")
+    model.save(tmp_path / "m", overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
+    (tmp_path / "m" / "notes.txt").write_text("mine")  # a model folder with other files is not replaced
+    with pytest.raises(InputError, match="notes.txt"):
+        model.save(tmp_path / "m", overwrite=True)
+    assert (tmp_path / "m" / "notes.txt").read_text() == "mine"
 
 
 def test_bad_model_sources(tmp_path):

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from cellseg_knime.compat import ensure_knime_extension
 
@@ -16,14 +20,15 @@ ensure_knime_extension()
 
 import knime.extension as knext  # noqa: E402
 
-from cellseg import workflows as wf  # noqa: E402
-from cellseg.workflows import Entry, NodeDef, WorkflowDef, WorkflowError, c  # noqa: E402
+from cellseg_knime import workflows as wf  # noqa: E402
+from cellseg_knime.workflows import Entry, NodeDef, WorkflowDef, WorkflowError, c  # noqa: E402
+from cellseg_knime.workflows import cli as wf_cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = ("retrain_stardist", "train_simulated", "segment_large_image", "transfer_learning_eval")
 
 # =================================================================================================
-# A toy extension: a source, a model learner (custom port), a predictor (batches, image cells), a sink
+# A toy extension: a source, a model learner (custom port), a predictor (batches, PNG image cells), a sink
 # =================================================================================================
 
 
@@ -86,24 +91,32 @@ class ToyLearner:
 
     def execute(self, ctx: Any, table: Any) -> Any:
         ctx.flow_variables["toy_rows"] = table.num_rows
+        ctx.flow_variables["toy_data_area"] = ctx.get_workflow_data_area_dir()
+        Path(ctx.get_workflow_temp_dir(), "learner.tmp").write_text("scratch")  # the workflow's temp folder
         return ToyModel(ToyModelSpec(self.factor))
+
+
+def toy_image(i: int) -> Image.Image:
+    """A 16-bit grey image (values above 255: a PNG cell must keep all 16 bits)."""
+    return Image.fromarray(np.arange(20, dtype=np.uint16).reshape(4, 5) * 1000 + i)
 
 
 @knext.node("Toy Apply", knext.NodeType.PREDICTOR, "icon.png", "/community/wftoy", id="wf_toy_apply")
 @knext.input_port("Model", "A factor.", toy_port)
 @knext.input_table("Numbers", "Numbers.")
-@knext.output_table("Scaled", "Scaled numbers with a binary cell.")
+@knext.output_table("Scaled", "Scaled numbers with a PNG image cell.")
 class ToyApply:
     def configure(self, ctx: Any, spec: Any, schema: Any) -> Any:
         assert isinstance(spec, ToyModelSpec)
-        return schema.append(knext.Column(knext.double(), "y")).append(knext.Column(knext.blob(), "blob"))
+        return schema.append(knext.Column(knext.double(), "y")).append(
+            knext.Column(knext.logical(Image.Image), "image"))
 
     def execute(self, ctx: Any, model: Any, table: Any) -> Any:
         out = knext.BatchOutputTable.create(row_ids="keep")
         for batch in table.batches():
             df = batch.to_pandas()
             df["y"] = df["x"] * model.spec.factor
-            df["blob"] = [b"\x89PNG fake " + n.encode() for n in df["name"]]
+            df["image"] = [toy_image(int(n[1:])) for n in df["name"]]
             out.append(df)
         return out
 
@@ -119,7 +132,7 @@ class ToyWriter:
 
     def execute(self, ctx: Any, table: Any) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        table.to_pandas().drop(columns=["blob"]).to_csv(self.path)
+        table.to_pandas().drop(columns=["image"]).to_csv(self.path)
 
 
 TOY = wf.Extension("org.example.wftoy", "0.2.0", None,
@@ -210,18 +223,26 @@ def test_toy_run_outputs_overrides_and_progress(toy_wf: Path, tmp_path: Path) ->
     assert list(scaled["y"]) == [3.0, 6.0, 9.0, 12.0]  # (i + sigma) * 3
     assert (out / "w" / "t.csv").is_file()  # the sink's relative path lands in the output folder
     csv = pd.read_csv(out / "3_toy_apply" / "port1_scaled.csv")
-    assert list(csv.columns) == ["RowID", "name", "x", "y", "blob"]
-    assert (out / "3_toy_apply" / csv["blob"][0]).read_bytes().startswith(b"\x89PNG")
+    assert list(csv.columns) == ["RowID", "name", "x", "y", "image"]
+    # a PNG image cell: a PNG file in the node's folder, the CSV holding its relative path; bit-exact
+    assert list(csv["image"]) == [f"port1_scaled_files/image/Row{k}.png" for k in range(4)]
+    for k in range(4):
+        with Image.open(out / "3_toy_apply" / csv["image"][k]) as png:
+            assert np.array_equal(np.asarray(png), np.asarray(toy_image(k)))
+    assert isinstance(scaled["image"].iloc[0], Image.Image)  # result.tables keeps the cells themselves
     assert (out / "2_toy_learner" / "port1_model.bin").read_bytes() == b"3.0"
     assert any("[3/4] Toy Apply (#3): done in" in line for line in lines)
     assert any("[1/4] Toy Source (#1): 100%  made rows" in line for line in lines)
-    assert result.runs[2].flow_variables == {"toy_rows": 4}
-    assert result.runs[3].flow_variables == {"toy_rows": 4}  # flow variables travel downstream
+    flow = {"toy_rows": 4, "toy_data_area": str(out / "data")}  # the data area as in KNIME: <workflow>/data
+    assert result.runs[2].flow_variables == flow
+    assert result.runs[3].flow_variables == flow  # flow variables travel downstream
     assert (out / "run.json").is_file()
 
     pq = wf.run_workflow(toy_wf, extension=TOY, out=tmp_path / "pq", fmt="parquet", quiet=True, log=lines.append)
     table = pd.read_parquet(tmp_path / "pq" / "3_toy_apply" / "port1_scaled.parquet")
-    assert table["blob"][0] == b"\x89PNG fake r0" and len(pq.order) == 4
+    with Image.open(io.BytesIO(table["image"][1])) as png:  # Parquet: the PNG bytes
+        assert np.array_equal(np.asarray(png), np.asarray(toy_image(1)))
+    assert len(pq.order) == 4
 
     knwf = wf.write_knwf(toy_wf, tmp_path / "toy.knwf")
     assert zipfile.ZipFile(knwf).namelist()[0].startswith("toy/")
@@ -312,22 +333,71 @@ def test_bad_overrides_name_the_node(toy_wf: Path, tmp_path: Path, override: str
         wf.run_workflow(toy_wf, extension=TOY, out=tmp_path / "out", overrides=[override], quiet=True, log=lambda line: None)
 
 
-def test_node_errors_during_execution_name_the_node(toy_wf: Path, tmp_path: Path) -> None:
+def test_node_errors_during_execution_name_the_node(toy_wf: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     with pytest.raises(WorkflowError, match=r"node 'Toy Writer' \(#4\): configure failed: no path"):
         wf.run_workflow(toy_wf, extension=TOY, out=tmp_path / "o", overrides=["Toy Writer.path="], quiet=True, log=lambda x: None)
+    # execute fails after the learner wrote into the workflow's temp folder (the path runs through a file)
+    knwf = wf.write_knwf(toy_wf, tmp_path / "toy.knwf")
+    (tmp_path / "o2").mkdir()
+    (tmp_path / "o2" / "run.txt").write_text("a file")
+    with pytest.raises(WorkflowError, match=r"node 'Toy Writer' \(#4\): execute failed: FileExistsError"):
+        wf.run_workflow(knwf, extension=TOY, out=tmp_path / "o2", overrides=["Toy Writer.path=run.txt/t.csv"],
+                        quiet=True, log=lambda x: None)
+    assert list(temp.iterdir()) == []  # no temporary folders left behind (workflow temp, unpacked .knwf)
+
+
+def test_write_table_cells(tmp_path: Path) -> None:
+    """Cells KNIME gives Python nodes: PNG image cells -> PNG files, Path cells -> their path, lists -> JSON."""
+    try:
+        from knime.types.builtin import FSLocationValue
+    except ImportError:  # an API without Path cells: a value of the same shape
+
+        class FSLocationValue:  # type: ignore[no-redef]
+            def __init__(self, fs_category: str, fs_specifier: str | None, path: str) -> None:
+                self.fs_category, self.fs_specifier, self.path = fs_category, fs_specifier, path
+
+    df = pd.DataFrame({"image": [toy_image(0), None, toy_image(2)],
+                       "file": [FSLocationValue("LOCAL", None, "/data/a.tif"), None, "/data/c.tif"],
+                       "tags": [["a", "b"], None, []], "n": [1, 2, 3]},
+                      index=pd.Index(["r 1", "r_1", "r2"]))  # two RowIDs with the same file name
+    files = wf.write_table(df, tmp_path / "port1_t", "csv")
+    csv = pd.read_csv(tmp_path / "port1_t.csv", keep_default_na=False)
+    assert list(csv["RowID"]) == ["r 1", "r_1", "r2"]
+    assert list(csv["image"]) == ["port1_t_files/image/r_1.png", "", "port1_t_files/image/r2.png"]
+    assert list(csv["file"]) == ["/data/a.tif", "", "/data/c.tif"]
+    assert list(csv["tags"]) == ['["a", "b"]', "", "[]"]
+    assert files == [tmp_path / "port1_t.csv", tmp_path / "port1_t_files/image/r_1.png",
+                     tmp_path / "port1_t_files/image/r2.png"]
+    with Image.open(tmp_path / "port1_t_files/image/r2.png") as png:
+        assert np.array_equal(np.asarray(png), np.asarray(toy_image(2)))
+    wf.write_table(df, tmp_path / "port1_t", "parquet")
+    table = pd.read_parquet(tmp_path / "port1_t.parquet")
+    assert list(table["file"]) == ["/data/a.tif", None, "/data/c.tif"] and table["image"][1] is None
 
 
 def test_cli_exit_status_and_listing(toy_wf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     from cellseg.cli import main
 
-    monkeypatch.setattr(wf, "load_extension", lambda root=None: TOY)
+    monkeypatch.setattr(wf_cli, "load_extension", lambda root=None: TOY)
     assert main(["run-workflow", str(toy_wf), "--list"]) == 0
     assert "noise.sigma = 1.0  (double)" in capsys.readouterr().out
     assert main(["-q", "run-workflow", str(toy_wf), "--out", str(tmp_path / "o"), "--set", "#1.prefix=z"]) == 0
+    assert main(["run-workflow", "--out", str(tmp_path / "o1"), "--format", "parquet", "--", str(toy_wf)]) == 0
+    assert (tmp_path / "o1" / "3_toy_apply" / "port1_scaled.parquet").is_file()
+    with pytest.raises(SystemExit) as exit_info:  # `cellseg run-workflow --help`: the KNIME side's help
+        main(["run-workflow", "--help"])
+    assert exit_info.value.code == 0 and "usage: cellseg run-workflow [-h]" in capsys.readouterr().out
     _break_mistyped(toy_wf)
     assert main(["-q", "run-workflow", str(toy_wf), "--out", str(tmp_path / "o2")]) == 2
     assert "cellseg: error: node 'Toy Source' (#1): parameter 'n_rows'" in capsys.readouterr().err
+    # the same through the `cellseg-knime` entry point
+    assert wf_cli.main(["-q", "run-workflow", str(toy_wf), "--out", str(tmp_path / "o3")]) == 2
+    assert "cellseg-knime: error: node 'Toy Source' (#1): parameter 'n_rows'" in capsys.readouterr().err
 
 
 # =================================================================================================
@@ -479,14 +549,16 @@ def test_segment_large_image(trained: tuple[wf.RunResult, Path], data: dict[str,
     big = data["root"] / "large"
     result = _run("segment_large_image", tmp_path / "out", _model_reader(model) + [
         f"#2.path={big}", f"#6.path={big}", "Image Tiler.tile_size=128", "Image Tiler.overlap=16",
-        "streaming.large_image.tile_size=128", "streaming.large_image.output_folder=labels"])
+        "streaming.large_image.tile_size=128", "streaming.image_output.folder=labels"])
     tiles = result.tables[(3, 0)]
     assert len(tiles) == 9 and set(tiles["n_tiles"]) == {9}
     merged = result.tables[(5, 0)]
     assert len(merged) == 1 and list(merged[["image_height", "image_width"]].iloc[0]) == [320, 320]
     written = tmp_path / "out" / "labels" / "big_labels.tif"  # the streaming Predictor's label TIFF
     assert written.is_file() and read_image(written).shape == (320, 320)
-    assert (tmp_path / "out" / result.tables[(7, 0)]["label_path"].iloc[0]).resolve() == written.resolve()
+    assert Path(result.tables[(7, 0)]["labels"].iloc[0].path) == written.resolve()  # a Path cell
+    merged_labels = result.tables[(5, 0)]["labels"].iloc[0]  # a 16-bit PNG image cell
+    assert merged_labels.mode == "I;16" and merged_labels.size == (320, 320)
 
 
 def test_transfer_learning_eval(trained: tuple[wf.RunResult, Path], data: dict[str, Path], tmp_path: Path) -> None:

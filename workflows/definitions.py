@@ -1,6 +1,6 @@
 """Compact definitions of the example KNIME workflows (``cellseg make-workflows`` writes them).
 
-Each :class:`~cellseg.workflows.WorkflowDef` lists its nodes by node id with only the parameters that differ
+Each :class:`~cellseg_knime.workflows.WorkflowDef` lists its nodes by node id with only the parameters that differ
 from the node's defaults (dotted paths into parameter groups, as for ``cellseg run-workflow --set``) and its
 connections as ``c(source node, output port, destination node, input port)`` with 0-based ports in the
 order of the node's port decorators. Node names, factory settings, every parameter's name, type and default
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cellseg.workflows import NodeDef, WorkflowDef, c
+from cellseg_knime.workflows import NodeDef, WorkflowDef, c
 
 PRETRAINED = "dsb2018_simmix"  # the model shipped in src/cellseg/pretrained
 
@@ -117,7 +117,7 @@ LARGE_IMAGE = WorkflowDef(
         "the image into overlapping tiles, the StarDist Predictor segments each tile and the Tile Merger "
         "puts the label images back together, keeping each object on a tile border once and whole. Lower "
         "branch: the Image Reader only lists file paths and the Predictor's large-image mode streams each "
-        "file tile by tile in flat memory, writing label TIFFs to large_labels/."
+        "file tile by tile in flat memory, writing label TIFFs to large_labels/ (replaced when the workflow runs again)."
     ),
     notes="Segment a large image: tiles in a table (Tiler -> Predictor -> Merger, upper) or the Predictor's "
           "streaming large-image mode on file paths (lower).",
@@ -132,8 +132,9 @@ LARGE_IMAGE = WorkflowDef(
         NodeDef(5, "tile_merger", {"labels_column": "labels", "source_column": "source_row_id"},
                 annotation="merged labels"),
         NodeDef(6, "image_reader", {"path": "data/large", "content": "PATH"}, annotation="file paths"),
-        NodeDef(7, "predictor", {"mode": "LARGE_IMAGE", "large_image.output_folder": "large_labels",
-                                 "large_image.tile_size": 384}, annotation="streaming"),
+        NodeDef(7, "predictor", {"mode": "LARGE_IMAGE", "image_output.folder": "large_labels",
+                                 "image_output.overwrite": True, "large_image.tile_size": 384},
+                annotation="streaming"),
     ],
     connections=[
         c(2, 0, 3, 0), c(1, 0, 4, 0), c(3, 0, 4, 1), c(4, 0, 5, 0),

@@ -7,10 +7,14 @@ print one line (``cellseg: error: ...``) and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -20,7 +24,14 @@ from typing import Any
 from cellseg.errors import CancelledError, CellsegError
 
 # Modules that add their own subcommands with ``register_cli(subparsers)``.
-CLI_EXTENSIONS = ("cellseg.demo", "cellseg.transfer", "cellseg.workflows")
+CLI_EXTENSIONS = ("cellseg.demo", "cellseg.transfer")
+
+# Subcommands that live on the KNIME side: known here by name only, their module is imported when one of them
+# runs (it parses the arguments and prints the help), so the backend never imports KNIME code.
+DELEGATED_COMMANDS = {
+    "run-workflow": ("cellseg_knime.workflows.cli", "run a KNIME workflow of this extension headlessly"),
+    "make-workflows": ("cellseg_knime.workflows.cli", "generate the example KNIME workflows from their definitions"),
+}
 
 
 def _quiet_tensorflow() -> None:
@@ -155,10 +166,26 @@ def _report_training(result, out: Path) -> None:
     print(f"model saved to {out}")
 
 
+def _check_training_outputs(args: argparse.Namespace) -> None:
+    """Check the model (--out, --overwrite) and --history locations before any data is read or trained on."""
+    from cellseg import io as cio
+    from cellseg.models import check_model_target
+
+    inputs = {"images folder": args.images, "masks folder": args.masks,
+              "--mix-images folder": getattr(args, "mix_images", None),
+              "--mix-masks folder": getattr(args, "mix_masks", None)}
+    cio.check_outside_inputs(args.out, "model output", inputs)
+    check_model_target(args.out, args.overwrite)
+    if args.history:
+        cio.check_output_file(args.history, "history file", inputs=inputs)
+        cio.check_distinct_outputs({"model output": args.out, "history file": args.history})
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from cellseg.models import ModelConfig
     from cellseg.training import train
 
+    _check_training_outputs(args)
     names, images, masks = _load_training_data(args)
     channels = 1 if images[0].ndim == 2 else images[0].shape[-1]
     mc = ModelConfig(backbone=args.backbone, n_rays=args.n_rays, grid=args.grid, n_channel_in=channels,
@@ -177,6 +204,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     from cellseg.models import load_model
     from cellseg.training import retrain
 
+    _check_training_outputs(args)
     model = load_model(args.model)
     names, images, masks = _load_training_data(args)
     mix_data = None
@@ -197,32 +225,55 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 def _save_trained(result, args: argparse.Namespace) -> int:
     """Save a trained model (and its history) where the user asked, then report."""
-    result.model.save(args.out)
+    from cellseg import io as cio
+
+    result.model.save(args.out, overwrite=args.overwrite)
     if args.history:
-        result.history.to_csv(args.history, index=False)
+        cio.write_bytes_atomic(args.history, result.history.to_csv(index=False).encode())
     _report_training(result, Path(args.out))
     return 0
 
 
+PREDICTION_DESC = "a prediction (label TIFFs and objects.csv)"
+
+
+def is_prediction_folder(folder: Path) -> bool:
+    """Does `folder` hold only what ``cellseg predict`` writes (objects.csv and label TIFFs)?"""
+    entries = list(folder.iterdir())
+    return any(e.name == "objects.csv" for e in entries) and all(
+        e.is_file() and not e.is_symlink() and not e.name.startswith(".")
+        and (e.name == "objects.csv" or e.suffix.lower() in (".tif", ".tiff"))
+        for e in entries)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    """Segment a folder of images: all or nothing.
+
+    The outputs are checked first; the label TIFFs and objects.csv are written into a temporary folder
+    next to ``--out`` that becomes ``--out`` in one rename when every image is done (with ``--overwrite``,
+    swapped for an earlier prediction there), so a failure or interruption leaves ``--out`` as it was.
+    """
     import pandas as pd
 
     from cellseg import io as cio
     from cellseg.models import load_model
     from cellseg.prediction import predict_many
 
-    model = load_model(args.model)
+    inputs = {"images folder": args.images, "model": args.model if os.path.lexists(args.model) else None}
+    out = cio.check_output_folder(args.out, "output folder", inputs=inputs, overwrite=args.overwrite,
+                                  earlier_output=is_prediction_folder, earlier_desc=PREDICTION_DESC)
     paths = cio.list_images(args.images)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    cio.by_stem(paths, args.images)  # a.tif and a.png would both write labels a.tif
+    model = load_model(args.model)
     large = _large_image_predictor(args, model)
     tables = []
     t0 = time.perf_counter()
-    with ProgressBar("predicting", disable=args.quiet) as bar:
+    with ProgressBar("predicting", disable=args.quiet) as bar, \
+            cio.atomic_folder(out, "output folder", replace=args.overwrite) as tmp:
         small = []
         for p in paths:
             if large is not None and large.wants(p):
-                tables.append(large.run(p, out / f"{p.stem}.tif").assign(image=p.stem))
+                tables.append(large.run(p, tmp / f"{p.stem}.tif").assign(image=p.stem))
             else:
                 small.append(p)
 
@@ -234,12 +285,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh,
                                n_tiles=args.n_tiles, progress=bar)
         for p, (labels, objects) in zip(small, results):
-            cio.write_image(out / f"{p.stem}.tif", labels.astype("uint16" if labels.max() < 65536 else "uint32"))
+            cio.write_image(tmp / f"{p.stem}.tif", labels.astype("uint16" if labels.max() < 65536 else "uint32"))
             tables.append(objects.assign(image=p.stem))
-    objects = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    if len(objects):
-        objects = objects[["image", *[c for c in objects.columns if c != "image"]]]
-    objects.to_csv(out / "objects.csv", index=False)
+        objects = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+        if len(objects):
+            objects = objects[["image", *[c for c in objects.columns if c != "image"]]]
+        objects.to_csv(tmp / "objects.csv", index=False)
     print(f"segmented {len(paths)} images in {time.perf_counter() - t0:.1f} s: {len(objects)} objects; "
           f"labels and objects.csv in {out}")
     return 0
@@ -261,7 +312,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cellseg import io as cio
     from cellseg import metrics
 
-    pred_paths = {p.stem: p for p in cio.list_images(args.pred)}
+    inputs = {"predictions folder": args.pred, "masks folder": args.masks}
+    for what, path in (("--json file", args.json), ("--csv file", args.csv)):
+        if path:
+            cio.check_output_file(path, what, inputs=inputs)
+    cio.check_distinct_outputs({"--json file": args.json, "--csv file": args.csv})
+    pred_paths = cio.by_stem(cio.list_images(args.pred), args.pred)
     names, gts = cio.load_images(args.masks)
     missing = [n for n in names if n not in pred_paths]
     if missing:
@@ -275,9 +331,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         payload = {"summary": summary.to_dict(orient="records"), "per_image": per_image.to_dict(orient="records"),
                    "mean_ap": metrics.mean_ap(summary)}
-        Path(args.json).write_text(json.dumps(payload, indent=2))
+        cio.write_bytes_atomic(args.json, json.dumps(payload, indent=2).encode())
     if args.csv:
-        per_image.to_csv(args.csv, index=False)
+        cio.write_bytes_atomic(args.csv, per_image.to_csv(index=False).encode())
     return 0
 
 
@@ -307,7 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a StarDist model from scratch")
     p.add_argument("--images", required=True, help="folder of images")
     p.add_argument("--masks", required=True, help="folder of instance masks (same file names)")
-    p.add_argument("--out", required=True, help="model folder to write (or .zip)")
+    p.add_argument("--out", required=True, help="model folder to write (or .zip); must be new unless --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the model at --out (only a model folder/zip is ever replaced)")
     p.add_argument("--history", help="write the training history to this CSV")
     _add_model_args(p)
     _add_train_args(p)
@@ -317,7 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder, .zip or pretrained name")
     p.add_argument("--images", required=True)
     p.add_argument("--masks", required=True)
-    p.add_argument("--out", required=True, help="model folder to write (or .zip)")
+    p.add_argument("--out", required=True, help="model folder to write (or .zip); must be new unless --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the model at --out (only a model folder/zip is ever replaced)")
     p.add_argument("--history", help="write the training history to this CSV")
     _add_train_args(p, retraining=True)
     p.set_defaults(func=cmd_retrain)
@@ -325,7 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment images: label TIFFs + objects.csv")
     p.add_argument("--model", required=True, help="model folder, .zip or pretrained name")
     p.add_argument("--images", required=True, help="folder of images")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True,
+                   help="output folder: new or empty, outside --images (written all at once at the end)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier prediction in --out (a folder holding only label TIFFs and objects.csv)")
     p.add_argument("--prob-thresh", type=float, default=None, help="default: the model's")
     p.add_argument("--nms-thresh", type=float, default=None, help="default: the model's")
     p.add_argument("--n-tiles", type=_pair, default=None, help="tiles per axis for the network, e.g. 2,2")
@@ -359,21 +422,48 @@ def build_parser() -> argparse.ArgumentParser:
         register: Callable[[Any], None] | None = getattr(module, "register_cli", None)
         if register is not None:
             register(sub)
+    for name, (module, help_text) in DELEGATED_COMMANDS.items():
+        # no options of its own (no prefix character can start an argument): every argument goes on as is
+        p = sub.add_parser(name, help=help_text, add_help=False, prefix_chars="\0")
+        p.add_argument("args", nargs=argparse.REMAINDER)
+        p.set_defaults(func=functools.partial(_delegate, module, name))
     return parser
+
+
+def _delegate(module: str, command: str, args: argparse.Namespace) -> int:
+    """Run a subcommand of another module: ``module.run([-q] command args..., prog="cellseg")``."""
+    run = importlib.import_module(module).run
+    return int(run([*(["-q"] if args.quiet else []), command, *args.args], prog="cellseg") or 0)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that temporary files are cleaned up as on Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(f"signal {signum}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     _quiet_tensorflow()
     parser = build_parser()
     args = parser.parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return int(args.func(args) or 0)
     except CancelledError as err:
         print(f"cellseg: cancelled: {err}", file=sys.stderr)
         return 130
+    except Terminated:
+        print("cellseg: terminated; outputs left as they were", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("cellseg: interrupted", file=sys.stderr)
         return 130
     except CellsegError as err:
         print(f"cellseg: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

@@ -23,7 +23,7 @@ import pandas as pd
 from cellseg import io as cio
 from cellseg import metrics, simulate
 from cellseg.data import real_annotated
-from cellseg.models import ModelConfig
+from cellseg.models import ModelConfig, check_model_target
 from cellseg.prediction import predict
 from cellseg.training import TrainConfig, retrain, train
 
@@ -39,6 +39,9 @@ def run_demo(out: str | Path = "cellseg-demo", *, n_sim: int = 48, pretrain_step
              log=print, progress_factory=None) -> dict[str, Any]:
     """Run the demo and return a dict with the metrics table and the output paths."""
     out = Path(out)
+    model_paths = (out / "models" / "pretrained-simulated", out / "models" / "retrained")
+    for path in model_paths:  # before any work: a re-run replaces the demo's own models, nothing else
+        check_model_target(path, overwrite=True)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     bar = progress_factory or (lambda desc: _NullBar())
@@ -54,7 +57,7 @@ def run_demo(out: str | Path = "cellseg-demo", *, n_sim: int = 48, pretrain_step
         pre = train(sim_images, sim_masks, demo_model_config(), tc, progress=b, model_name="demo-simulated",
                     data_description=f"{n_sim} simulated images, preset mixed, seed {seed}")
     pretrained = pre.model
-    pretrained.save(out / "models" / "pretrained-simulated")
+    pretrained.save(model_paths[0], overwrite=True)
     log(f"      pretrained in {pre.seconds:.0f} s, thresholds {pretrained.thresholds}")
 
     # 2. Retrain on a few real images -------------------------------------------------------------
@@ -69,7 +72,7 @@ def run_demo(out: str | Path = "cellseg-demo", *, n_sim: int = 48, pretrain_step
         re = retrain(pretrained, tr_images, tr_masks, rc, names=tr_names, progress=b,
                      data_description=f"{len(tr_names)} images from {real['source']}")
     re.model.provenance["name"] = "demo-retrained"
-    re.model.save(out / "models" / "retrained")
+    re.model.save(model_paths[1], overwrite=True)
     log(f"      retrained in {re.seconds:.0f} s")
 
     # 3. Baseline: from scratch on the same few images --------------------------------------------

@@ -9,11 +9,15 @@ and the KNIME nodes can show it as it is.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import functools
 import io as _io
 import os
+import shutil
+import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +28,16 @@ from cellseg.errors import InputError
 
 __all__ = [
     "SUPPORTED_SUFFIXES",
+    "atomic_folder",
+    "atomic_path",
+    "by_stem",
     "check_image",
+    "check_distinct_outputs",
     "check_mask",
+    "check_output_file",
+    "check_output_folder",
+    "check_outside_inputs",
+    "check_writable_location",
     "decode_tiff",
     "encode_png",
     "encode_tiff",
@@ -38,6 +50,9 @@ __all__ = [
     "write_bytes_atomic",
     "write_image",
 ]
+
+#: Type of an "is this an earlier output of mine?" test for :func:`check_output_folder`.
+Recogniser = Callable[[Path], bool]
 
 #: File suffixes (lower case) that :func:`read_image` understands.
 SUPPORTED_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -291,6 +306,246 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------
+# output locations: checked before any work is done, written atomically
+# ----------------------------------------------------------------------------------------------
+def _resolve(path: str | os.PathLike) -> Path:
+    return Path(path).expanduser().resolve(strict=False)
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = Path(os.path.abspath(path))
+    while not os.path.lexists(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_writable_location(path: str | os.PathLike, what: str = "output") -> Path:
+    """Raise :class:`InputError` unless `path` (a file or folder still to be written) can be created.
+
+    Its nearest existing ancestor must be a folder in which this process can create a file (checked by
+    creating and removing a hidden probe file, which also catches read-only file systems). Missing
+    folders on the way are not created here. Returns `path` as a :class:`~pathlib.Path`.
+    """
+    path = Path(path)
+    if not str(path).strip():
+        raise InputError(f"{what}: the path is empty")
+    base = _nearest_existing(Path(os.path.abspath(path)).parent)
+    if not base.is_dir():
+        raise InputError(f"cannot write {what} {path}: {base} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".cellseg-probe-", dir=base)
+    except OSError as exc:
+        raise InputError(f"cannot write {what} {path}: folder {base} is not writable ({exc.strerror or exc})") from exc
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
+def _overlap(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]) -> tuple[str, str, Path] | None:
+    """(relation, input description, input path) of the first input that `out` is, contains or lies in."""
+    o = _resolve(out)
+    for desc, inp in inputs.items():
+        if inp is None or not os.path.lexists(inp):
+            continue
+        i = _resolve(inp)
+        if o == i:
+            return "is", desc, Path(inp)
+        if i in o.parents:
+            return "lies inside", desc, Path(inp)
+        if o in i.parents:
+            return "contains", desc, Path(inp)
+    return None
+
+
+def check_outside_inputs(path: str | os.PathLike, what: str,
+                         inputs: dict[str, str | os.PathLike | None]) -> Path:
+    """Raise :class:`InputError` (naming both) if the output `path` is, contains or lies inside one of
+    `inputs` (description -> path, e.g. ``{"images folder": "raw"}``); return `path` as a Path."""
+    path = Path(path)
+    hit = _overlap(path, inputs)
+    if hit is not None:
+        relation, desc, inp = hit
+        raise InputError(f"{what} {path} {relation} the {desc} {inp}; choose a location outside the inputs "
+                         "(their files could be overwritten)")
+    return path
+
+
+def check_output_folder(path: str | os.PathLike, what: str = "output folder", *,
+                        inputs: dict[str, str | os.PathLike | None] | None = None, overwrite: bool = False,
+                        earlier_output: Recogniser | None = None,
+                        earlier_desc: str = "an earlier result") -> Path:
+    """Check, before any work, that a command may write its result folder at `path`.
+
+    Refused (:class:`InputError`, one line): a folder that is, contains or lies inside one of `inputs`
+    (description -> path, e.g. ``{"images folder": "raw"}``); an existing file; a non-empty folder,
+    unless ``earlier_output(path)`` recognises it as an earlier result of the same command *and*
+    `overwrite` is set; a location whose parent cannot be written (the result is assembled in a
+    temporary sibling folder, see :func:`atomic_folder`). A missing or empty folder is accepted.
+    """
+    path = check_outside_inputs(path, what, inputs or {})
+    if os.path.lexists(path):
+        if not path.is_dir():
+            raise InputError(f"{what} {path} exists and is not a folder; choose a new folder")
+        try:
+            used = any(path.iterdir())
+        except OSError as exc:
+            raise InputError(f"{what} {path} cannot be read ({exc.strerror or exc})") from exc
+        if used:
+            if earlier_output is None or not earlier_output(path):
+                raise InputError(f"{what} {path} is not empty and does not hold only {earlier_desc}; refusing to "
+                                 "write into it: choose a new or empty folder")
+            if not overwrite:
+                raise InputError(f"{what} {path} already holds {earlier_desc}; pass --overwrite to replace it")
+    return check_writable_location(path, what)
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output file", *,
+                      inputs: dict[str, str | os.PathLike | None] | None = None) -> Path:
+    """Check, before any work, that a report file (CSV, JSON) can be written at `path`.
+
+    Refused: a folder; the path of an input file, or of an existing file inside an input folder (it would
+    be overwritten); a location that cannot be written. An existing unrelated file is replaced (reports are
+    written atomically, see :func:`atomic_path`).
+    """
+    path = Path(path)
+    if not str(path).strip():
+        raise InputError(f"{what}: the path is empty")
+    if os.path.isdir(path):
+        raise InputError(f"{what} {path} is a folder; give a file name")
+    if os.path.lexists(path):
+        hit = _overlap(path, inputs or {})
+        if hit is not None:
+            _, desc, inp = hit
+            raise InputError(f"{what} {path} would overwrite a file of the {desc} {inp}; choose another path")
+        if not os.path.isfile(path):
+            raise InputError(f"{what} {path} exists and is not a regular file")
+    return check_writable_location(path, what)
+
+
+def check_distinct_outputs(outputs: dict[str, str | os.PathLike | None]) -> None:
+    """Raise :class:`InputError` if two outputs (description -> path) are the same or one lies in the other."""
+    given = [(desc, p) for desc, p in outputs.items() if p is not None]
+    for k, (desc_a, a) in enumerate(given):
+        for desc_b, b in given[k + 1:]:
+            ra, rb = _resolve(a), _resolve(b)
+            if ra == rb:
+                raise InputError(f"the {desc_a} and the {desc_b} are the same path {a}; give each its own")
+            if ra in rb.parents or rb in ra.parents:
+                inner, outer = ((desc_b, b), (desc_a, a)) if ra in rb.parents else ((desc_a, a), (desc_b, b))
+                raise InputError(f"the {inner[0]} {inner[1]} lies inside the {outer[0]} {outer[1]}; "
+                                 "give each its own place")
+
+
+@functools.cache
+def _renameat2() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False if unsupported."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+
+
+def _commit_folder(tmp: Path, path: Path, what: str, replace: bool) -> None:
+    if not os.path.lexists(path) or _is_empty_dir(path):
+        try:
+            os.rename(tmp, path)  # atomic; replaces an empty folder, fails on a non-empty one
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise InputError(f"{what} {path} was created by someone else while this ran (another run writing "
+                                 "to the same place?); left it as it was") from exc
+            raise
+        return
+    if not replace:
+        raise InputError(f"{what} {path} exists; left it as it was")
+    if path.is_symlink() or not path.is_dir():
+        raise InputError(f"{what} {path} exists and is not a folder; left it as it was")
+    if _exchange(tmp, path):  # the new folder is at `path`, the old one at `tmp` (removed by the caller)
+        return
+    # no atomic exchange here: move the old folder aside, the new one in, and the old one back on failure
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    try:
+        os.rename(path, old)  # replaces the empty placeholder `old`
+    except BaseException:
+        with contextlib.suppress(OSError):
+            old.rmdir()
+        raise
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        os.rename(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, what: str = "folder", replace: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder next to `path`; when the block succeeds it becomes `path` at once.
+
+    `path` must not exist or be an empty folder; with `replace` it may be a folder, which is swapped for
+    the new one and then deleted (callers decide first whether that folder may be replaced, e.g. with
+    :func:`check_output_folder` or :func:`cellseg.models.check_model_target`). On Linux the swap is one
+    ``renameat2(RENAME_EXCHANGE)``, so that at no moment is there nothing at `path`; elsewhere two
+    renames, undone on failure. On any error or interruption the temporary folder (and any parent
+    folders made for it) is removed and `path` is left as it was.
+    """
+    path = Path(path)
+    parent = path.parent
+    made = []
+    p = Path(os.path.abspath(parent))
+    while not os.path.lexists(p) and p != p.parent:
+        made.append(p)
+        p = p.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+    except OSError as exc:
+        raise InputError(f"cannot write {what} {path}: {exc.strerror or exc}") from exc
+
+    def clean() -> None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for d in made:  # deepest first; only folders made here and still empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+    try:
+        yield tmp
+    except BaseException:
+        clean()
+        raise
+    try:
+        set_default_mode(tmp)
+        _commit_folder(tmp, path, what, replace)
+    except BaseException as exc:
+        clean()
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write {what} {path}: {exc.strerror or exc}") from exc
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)  # after an exchange: the old folder
+
+
+# ----------------------------------------------------------------------------------------------
 # normalisation and validation
 # ----------------------------------------------------------------------------------------------
 def normalize(
@@ -352,6 +607,9 @@ def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
 def check_mask(mask: np.ndarray, name: str = "mask", label_components: bool = False) -> np.ndarray:
     """Validate an instance label mask and return it as uint16 (uint32 if needed) labels.
 
+    Labels above the uint32 range (uint64/int64 ids) are renumbered ``1..N`` in their order
+    (:func:`skimage.segmentation.relabel_sequential`), so distinct objects always stay distinct.
+
     A mask must be integer (bool counts as binary) and non-negative. A *binary* mask (values only
     ``{0, v}``) with more than one connected object is almost always a foreground mask, not instance
     labels, and would teach a model to merge nuclei; it is rejected unless `label_components` is True,
@@ -395,6 +653,12 @@ def check_mask(mask: np.ndarray, name: str = "mask", label_components: bool = Fa
                     "not instance labels; pass label_components=True (CLI --label-components) to label its "
                     "connected components"
                 )
+    if arr.max(initial=0) > np.iinfo(np.uint32).max:
+        # labels that do not fit uint32 (e.g. uint64 ids) are renumbered 1..N, never cast: a cast wraps them
+        # around, so that distinct objects merge or vanish
+        from skimage.segmentation import relabel_sequential
+
+        arr = relabel_sequential(arr)[0]
     dtype = np.uint16 if arr.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32
     arr = arr.astype(dtype, copy=False)
     return np.ascontiguousarray(fill_label_holes(arr).astype(dtype, copy=False))
@@ -423,11 +687,14 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
-def _by_stem(files: Sequence[Path], folder: Path) -> dict[str, Path]:
+def by_stem(files: Sequence[Path], folder: str | os.PathLike) -> dict[str, Path]:
+    """Map file stems to files; two files with one stem (``a.tif``, ``a.png``) are an :class:`InputError`
+    naming both, because their outputs (labels ``a.tif``) or their masks would be confused."""
     out: dict[str, Path] = {}
     for p in files:
         if p.stem in out:
-            raise InputError(f"{folder}: two files with the same name '{p.stem}' ({out[p.stem].name}, {p.name})")
+            raise InputError(f"{folder}: two files with the same name '{p.stem}' ({out[p.stem].name}, {p.name}); "
+                             "rename one of them")
         out[p.stem] = p
     return out
 
@@ -444,7 +711,7 @@ def load_images(folder: str | os.PathLike) -> tuple[list[str], list[np.ndarray]]
     """
     files = list_images(folder)
     names = [p.stem for p in files]
-    _by_stem(files, Path(folder))
+    by_stem(files, Path(folder))
     images = [check_image(read_image(p), str(p)) for p in files]
     return names, images
 
@@ -463,8 +730,8 @@ def load_pairs(
         Sorted file stems, validated images and uint16/uint32 label masks (see :func:`check_mask`).
     """
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
-    image_files = _by_stem(list_images(images_dir), images_dir)
-    mask_files = _by_stem(list_images(masks_dir), masks_dir)
+    image_files = by_stem(list_images(images_dir), images_dir)
+    mask_files = by_stem(list_images(masks_dir), masks_dir)
     missing = [stem for stem in image_files if stem not in mask_files]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")

@@ -304,38 +304,23 @@ class CellsegModel:
         ]
 
     # -- bundle -----------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the bundle folder atomically (temporary sibling, then rename) and return its path.
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the bundle folder (or, for a ``.zip`` path, the zip) and return its path.
 
-        A ``.zip`` path writes the zip bytes instead.
+        `path` must not exist (an empty folder is fine too), or must hold a model (see
+        :func:`check_model_target`) and `overwrite` be True; anything else raises :class:`InputError`
+        and nothing is written. The bundle is written to a temporary sibling and then renamed into place
+        (a replaced model is swapped for the new one in one step), so that readers see the old model or
+        the new one, never a mixture or nothing; on failure the old model stays and no temporary file is
+        left behind.
         """
-        path = Path(path)
+        from cellseg.io import atomic_folder, write_bytes_atomic
+
+        path = check_model_target(path, overwrite)
         if path.suffix.lower() == ".zip":
-            from cellseg.io import write_bytes_atomic
-
             return write_bytes_atomic(path, self.to_bytes())
-        parent = path.parent if str(path.parent) else Path(".")
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
-        except OSError as err:
-            raise InputError(f"cannot write model to {path}: {err.strerror or err}") from err
-        try:
+        with atomic_folder(path, "model", replace=overwrite) as tmp:
             self._write_files(tmp)
-            from cellseg.io import set_default_mode
-
-            set_default_mode(tmp)
-            if path.exists():
-                old = path.with_name(f".{path.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                path.rename(old)
-                tmp.rename(path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
     def _write_files(self, folder: Path) -> None:
@@ -380,6 +365,90 @@ class CellsegModel:
     def __del__(self) -> None:
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+# -- where a model may be written ----------------------------------------------------------------
+
+#: Files a model folder may hold (cellseg's bundle and what stardist writes); a folder with anything
+#: else is not replaced, because those other files would be lost.
+MODEL_FOLDER_FILES = frozenset({*BUNDLE_FILES, "weights_last.h5", "weights_now.h5"})
+
+
+def model_bundle_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` is not a model folder or model zip that may be replaced (None if it is one).
+
+    A model is recognised by its files: ``config.json`` plus weights (``*.h5``) or ``cellseg.json``, and
+    nothing but :data:`MODEL_FOLDER_FILES` (in a zip: under at most one top folder).
+    """
+    path = Path(path)
+    if path.is_dir():
+        try:
+            entries = list(path.iterdir())
+        except OSError as err:
+            return f"cannot be read ({err.strerror or err})"
+        names = {e.name for e in entries}
+        other = sorted(e.name for e in entries if e.name not in MODEL_FOLDER_FILES or not e.is_file())
+    elif path.is_file():
+        try:
+            with zipfile.ZipFile(path) as zf:
+                members = [m for m in zf.namelist() if not m.endswith("/")]
+        except (OSError, zipfile.BadZipFile):
+            return "it is not a zip file"
+        roots = {m.split("/")[0] for m in members if "/" in m}
+        if len(roots) > 1 or (roots and any("/" not in m for m in members)):
+            return "the zip holds more than one folder"
+        names = {m.rsplit("/", 1)[-1] for m in members}
+        other = sorted(m for m in members if m.rsplit("/", 1)[-1] not in MODEL_FOLDER_FILES or m.count("/") > 1)
+    else:
+        return "it is neither a folder nor a file"
+    if "config.json" not in names or not (BUNDLE_META in names or any(n.endswith(".h5") for n in names)):
+        return "it has no config.json with weights or cellseg.json"
+    if other:
+        shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+        return f"it also holds {shown}"
+    return None
+
+
+def check_model_target(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Check where a model is to be written, before any work is done; return it as a Path.
+
+    Accepted: a path that does not exist (a ``.zip`` suffix means a zip, anything else a folder) in a
+    writable place, an empty folder, and, only when `overwrite` is True, an existing model folder or
+    model zip (recognised by its files, see :func:`model_bundle_problem`). Everything else raises
+    :class:`InputError` with a one-line message, so a model can never replace a user's data. The CLI
+    (``train``/``retrain --out``, ``--overwrite``), :meth:`CellsegModel.save` and the KNIME Model
+    Writer use this one check.
+    """
+    from cellseg.io import check_writable_location
+
+    if path is None or not str(path).strip():
+        raise InputError("model output path is empty")
+    path = Path(path)
+    as_zip = path.suffix.lower() == ".zip"
+    if os.path.lexists(path):
+        if path.is_symlink():
+            raise InputError(f"model output {path} is a symbolic link; give the path it points to or a new path")
+        try:
+            empty = path.is_dir() and not any(path.iterdir())
+        except OSError as err:
+            raise InputError(f"model output {path} cannot be read ({err.strerror or err})") from err
+        if empty and not as_zip:
+            return check_writable_location(path, "model")
+        if as_zip and not path.is_file():
+            raise InputError(f"model output {path} exists and is not a file; a .zip path writes a model zip: "
+                             "choose a new path")
+        if not as_zip and not path.is_dir():
+            raise InputError(f"model output {path} is a file, not a model folder; choose a new path "
+                             "(a .zip path writes a model zip)")
+        problem = model_bundle_problem(path)
+        if problem is not None:
+            kind = "model zip" if as_zip else "model folder"
+            raise InputError(f"model output {path} exists and is not a {kind} ({problem}); refusing to replace "
+                             "it: choose a new path")
+        if not overwrite:
+            raise InputError(f"model output {path} already holds a model; pass --overwrite (overwrite=True) "
+                             "to replace it")
+    return check_writable_location(path, "model")
 
 
 # -- loading --------------------------------------------------------------------------------------

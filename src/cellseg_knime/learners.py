@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from cellseg.errors import CancelledError, InputError
-from cellseg_knime import category, icon
+from cellseg_knime import category, cells, icon
 from cellseg_knime import tables as kt
 from cellseg_knime.ports import StarDistModelPortObject, StarDistModelSpec, model_port_type, summary_from_meta
 
@@ -30,14 +30,18 @@ HISTORY_COLUMNS: list[tuple[str, str]] = [
 ]
 
 
+def history_columns() -> list[Any]:
+    return [knext.Column(knext.int64() if t == "int64" else knext.double(), n) for n, t in HISTORY_COLUMNS]
+
+
 def history_schema() -> knext.Schema:
-    return knext.Schema.from_columns(
-        [knext.Column(knext.int64() if t == "int64" else knext.double(), n) for n, t in HISTORY_COLUMNS])
+    return knext.Schema.from_columns(history_columns())
 
 
 def history_frame(history: pd.DataFrame) -> pd.DataFrame:
     """The backend's history in the fixed column layout (missing values NaN); RowIDs ``Epoch <n>``."""
-    df = kt.empty_frame(HISTORY_COLUMNS) if history is None or len(history) == 0 else history.copy()
+    df = (pd.DataFrame({n: pd.Series([], dtype=t) for n, t in HISTORY_COLUMNS})
+          if history is None or len(history) == 0 else history.copy())
     for name, dtype in HISTORY_COLUMNS:
         if name not in df:
             df[name] = np.nan if dtype == "float64" else 0
@@ -191,8 +195,8 @@ def read_training_table(ctx: Any, table: Any, image_col: str, label_col: str,
     for done, df in kt.iter_rows(table, [image_col, label_col]):
         for i, (rid, img_cell, lbl_cell) in enumerate(zip(df.index, df[image_col], df[label_col])):
             kt.check_canceled(ctx, "while reading the training images")
-            img = kt.read_image(img_cell, str(rid), image_col)
-            lbl = kt.read_labels(lbl_cell, str(rid), label_col, img.shape)
+            img = cells.read_image(img_cell, str(rid), image_col, ctx)
+            lbl = cells.read_labels(lbl_cell, str(rid), label_col, img.shape, ctx)
             images.append(img)
             masks.append(lbl)
             names.append(f"Row '{rid}'")
@@ -208,7 +212,9 @@ def _finish(ctx: Any, result: Any, title: str) -> tuple[StarDistModelPortObject,
     history = history_frame(result.history)
     ctx.set_progress(1.0, f"trained {result.steps} steps in {result.seconds:.1f} s")
     view = knext.view_matplotlib(loss_figure(history, title))
-    return StarDistModelPortObject.from_model(result.model), knext.Table.from_pandas(history, row_ids="keep"), view
+    out = kt.BatchWriter(history_columns())
+    out.add_frame(history)
+    return StarDistModelPortObject.from_model(result.model), out.table(), view
 
 
 def _register_backbones() -> None:
@@ -216,8 +222,8 @@ def _register_backbones() -> None:
         import cellseg.backbones  # noqa: F401  (registers resunet/resnet50)
 
 
-_IMAGE_PORT_DOC = ("Table with an image column (TIFF bytes or file paths) and an instance label column "
-                   "(TIFF bytes or paths; 0 = background, one integer per object) of the same size.")
+_IMAGE_PORT_DOC = ("Table with an image column and an instance label column (0 = background, one integer per "
+                   "object) of the same size; each a PNG image cell, a Path cell or a string file path.")
 
 
 # -- StarDist Learner ----------------------------------------------------------------------------
@@ -248,9 +254,9 @@ class StarDistLearner:
     """
 
     image_column = knext.ColumnParameter("Image column", "Column with the images.", port_index=0,
-                                         column_filter=kt.is_image_column)
+                                         column_filter=cells.is_image_column)
     label_column = knext.ColumnParameter("Label column", "Column with the instance label images.", port_index=0,
-                                         column_filter=kt.is_image_column)
+                                         column_filter=cells.is_image_column)
     architecture = ArchitectureSettings()
     training = TrainingSettings()
     augmentation = AugmentationSettings()
@@ -393,9 +399,9 @@ class StarDistRetrainer:
     """
 
     image_column = knext.ColumnParameter("Image column", "Column with the images.", port_index=1,
-                                         column_filter=kt.is_image_column)
+                                         column_filter=cells.is_image_column)
     label_column = knext.ColumnParameter("Label column", "Column with the instance label images.", port_index=1,
-                                         column_filter=kt.is_image_column)
+                                         column_filter=cells.is_image_column)
     strategy = StrategySettings()
     training = RetrainingSettings()
     augmentation = AugmentationSettings()
@@ -440,8 +446,8 @@ class StarDistRetrainer:
         tc = _train_config(self.training, self.augmentation, self.advanced, **self._extra())
         images, masks, names = read_training_table(exec_context, table, image_col, label_col, end=0.08)
         for name, img in zip(names, images):
-            if kt.channels_of(img) != model.spec.n_channel_in:
-                raise ValueError(f"{name}: image has {kt.channels_of(img)} channel(s) but the model expects "
+            if cells.channels_of(img) != model.spec.n_channel_in:
+                raise ValueError(f"{name}: image has {cells.channels_of(img)} channel(s) but the model expects "
                                  f"{model.spec.n_channel_in}")
         exec_context.set_progress(0.08, "loading the model")
         _register_backbones()

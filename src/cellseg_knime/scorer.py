@@ -10,8 +10,9 @@ import pandas as pd
 
 from cellseg.errors import InputError
 from cellseg.metrics import COLUMNS, IOU_THRESHOLDS
-from cellseg_knime import category, icon
+from cellseg_knime import category, cells, icon
 from cellseg_knime import tables as kt
+from cellseg_knime.views import scores_view
 
 _INT = ("n_true", "n_pred", "tp", "fp", "fn")
 DEFAULT_THRESHOLDS = ", ".join(f"{t:g}" for t in IOU_THRESHOLDS)
@@ -38,15 +39,21 @@ def _ktype(name: str) -> Any:
     return knext.int64() if name in _INT else knext.double()
 
 
+def per_image_columns() -> list[Any]:
+    return ([knext.Column(knext.string(), "prediction"), knext.Column(knext.string(), "source_row_id")]
+            + [knext.Column(_ktype(c), c) for c in COLUMNS])
+
+
+def summary_columns() -> list[Any]:
+    return [knext.Column(knext.string(), "prediction")] + [knext.Column(_ktype(c), c) for c in COLUMNS]
+
+
 def per_image_schema() -> knext.Schema:
-    return knext.Schema.from_columns([knext.Column(knext.string(), "prediction"),
-                                      knext.Column(knext.string(), "source_row_id")]
-                                     + [knext.Column(_ktype(c), c) for c in COLUMNS])
+    return knext.Schema.from_columns(per_image_columns())
 
 
 def summary_schema() -> knext.Schema:
-    return knext.Schema.from_columns([knext.Column(knext.string(), "prediction")]
-                                     + [knext.Column(_ktype(c), c) for c in COLUMNS])
+    return knext.Schema.from_columns(summary_columns())
 
 
 @knext.node(
@@ -56,8 +63,9 @@ def summary_schema() -> knext.Schema:
     category=category,
     id="scorer",
 )
-@knext.input_table("Label images", "Table with a ground-truth and a predicted label image column (TIFF bytes "
-                   "or paths), e.g. the StarDist Predictor's output on a table with ground truth.")
+@knext.input_table("Label images", "Table with a ground-truth and a predicted label image column (PNG image "
+                   "cells, Path cells or string paths), e.g. the StarDist Predictor's output on a table with ground "
+                   "truth.")
 @knext.output_table("Scores per image", "For each image and IoU threshold: object counts, true/false "
                     "positives, false negatives, precision, recall, F1, accuracy (average precision), mean "
                     "IoU scores and panoptic quality.")
@@ -65,6 +73,8 @@ def summary_schema() -> knext.Schema:
                     "prediction column and IoU threshold (column 'prediction' names the column). Flow variables "
                     "cellseg_ap50 and cellseg_mean_ap hold AP at IoU 0.5 and the mean AP over the thresholds of the "
                     "last prediction column.")
+@knext.output_view("Scores", "Precision, recall, F1 and average precision over the IoU thresholds, one line per "
+                   "prediction column.")
 class StarDistScorer:
     """Scores predicted label images against ground truth over IoU thresholds 0.5 to 0.95.
 
@@ -75,11 +85,11 @@ class StarDistScorer:
     """
 
     truth_column = knext.ColumnParameter("Ground-truth column", "Column with the true label images.",
-                                         port_index=0, column_filter=kt.is_image_column)
+                                         port_index=0, column_filter=cells.is_image_column)
     prediction_columns = knext.MultiColumnParameter(
         "Prediction columns", "Columns with predicted label images, each scored against the ground truth (e.g. "
         "the predictions before and after retraining). Empty: every label column other than the ground truth.",
-        port_index=0, column_filter=kt.is_image_column)
+        port_index=0, column_filter=cells.is_image_column)
     iou_thresholds = knext.StringParameter("IoU thresholds", "Comma-separated IoU thresholds.",
                                            DEFAULT_THRESHOLDS, validator=_validate_thresholds, is_advanced=True)
 
@@ -88,8 +98,8 @@ class StarDistScorer:
                                preferred=("labels", "mask", "ground_truth", "gt"))
         preds = list(self.prediction_columns or [])
         if not preds:
-            preds = [c.name for c in schema if kt.is_image_column(c) and c.name != truth
-                     and not c.name.startswith(("image", "tile"))]
+            preds = [c.name for c in schema if cells.is_image_column(c) and c.name != truth
+                     and not c.name.startswith(("image", "tile", "preview")) and c.name != "label_path"]
         if not preds:
             raise knext.InvalidParametersError("Prediction columns: the input table has no label column besides "
                                                f"the ground truth '{truth}'")
@@ -115,14 +125,14 @@ class StarDistScorer:
         truth, preds = self._columns(table.schema)
         thresholds = parse_thresholds(self.iou_thresholds)
         scores: dict[str, list[pd.DataFrame]] = {p: [] for p in preds}
-        out = knext.BatchOutputTable.create(row_ids="keep")
+        out = kt.BatchWriter(per_image_columns())
         for done, df in kt.iter_rows(table, [truth, *preds]):
-            frames = []
+            columns = {c: list(df[c]) for c in (truth, *preds)}  # column by column: image cells
             for i, rid in enumerate(df.index):
                 kt.check_canceled(exec_context, f"{done + i} of {total} images scored")
-                gt = kt.read_labels(df.at[rid, truth], str(rid), truth)
+                gt = cells.read_labels(columns[truth][i], str(rid), truth, ctx=exec_context)
                 for p in preds:
-                    pr = kt.read_labels(df.at[rid, p], str(rid), p, gt.shape)
+                    pr = cells.read_labels(columns[p][i], str(rid), p, gt.shape, ctx=exec_context)
                     try:
                         s = score_image(gt, pr, thresholds, name=f"Row '{rid}'")
                     except InputError as err:
@@ -131,20 +141,20 @@ class StarDistScorer:
                     s = s.copy()
                     s.insert(0, "source_row_id", str(rid))
                     s.insert(0, "prediction", p)
-                    s.index = pd.Index([f"{p}: {rid} @ {t:.2f}" for t in thresholds], dtype=object)
-                    frames.append(s)
+                    for t, row in zip(thresholds, s.to_dict("records")):
+                        out.add(f"{p}: {rid} @ {t:.2f}", row)
                 exec_context.set_progress((done + i + 1) / total, f"scored {done + i + 1} of {total} images")
-            if frames:
-                out.append(pd.concat(frames))
         summaries = []
+        summary_out = kt.BatchWriter(summary_columns())
         for p in preds:
             summary = pool(pd.concat(scores[p], ignore_index=True))
             summary.insert(0, "prediction", p)
-            summary.index = pd.Index([f"{p} @ IoU {t:.2f}" for t in summary["iou_threshold"]], dtype=object)
+            for t, row in zip(summary["iou_threshold"], summary.to_dict("records")):
+                summary_out.add(f"{p} @ IoU {t:.2f}", row)
             summaries.append(summary)
         first = summaries[-1]
         exec_context.flow_variables["cellseg_mean_ap"] = float(first["accuracy"].mean())
         at50 = np.isclose(first["iou_threshold"], 0.5)
         if at50.any():
             exec_context.flow_variables["cellseg_ap50"] = float(first.loc[at50, "accuracy"].iloc[0])
-        return out, knext.Table.from_pandas(pd.concat(summaries), row_ids="keep")
+        return out.table(), summary_out.table(), scores_view(pd.concat(summaries, ignore_index=True))

@@ -8,12 +8,11 @@ from typing import Any
 
 import knime.extension as knext
 import numpy as np
-import pandas as pd
 
 from cellseg import io as cio
 from cellseg.errors import InputError, ModelLoadError
 from cellseg.models import pretrained_names
-from cellseg_knime import category, icon
+from cellseg_knime import category, cells, icon
 from cellseg_knime import tables as kt
 from cellseg_knime.ports import (
     StarDistModelPortObject,
@@ -43,8 +42,8 @@ class SimPreset(knext.EnumParameterOptions):
 )
 @knext.output_table(
     "Simulated images",
-    "One row per image: name, image (TIFF bytes, uint16), ground-truth instance labels (TIFF bytes), number of "
-    "objects and, optionally, a PNG preview with the label outlines.",
+    "One row per image: name, image (16-bit PNG image cell), ground-truth instance labels (16-bit PNG image "
+    "cell), number of objects and, optionally, a PNG preview with the label outlines.",
 )
 class NucleiSimulator:
     """Simulates fluorescence microscopy images of nuclei with ground-truth instance labels.
@@ -69,12 +68,12 @@ class NucleiSimulator:
     def _columns(self) -> list[Any]:
         cols = [
             knext.Column(knext.string(), "image_name"),
-            knext.Column(knext.blob(), "image"),
-            knext.Column(knext.blob(), "labels"),
+            knext.Column(cells.png_type(), "image"),
+            knext.Column(cells.png_type(), "labels"),
             knext.Column(knext.int64(), "n_objects"),
         ]
         if self.preview:
-            cols.append(knext.Column(kt.png_type(), "preview"))
+            cols.append(knext.Column(cells.png_type(), "preview"))
         return cols
 
     def configure(self, config_context: knext.ConfigurationContext) -> knext.Schema:
@@ -85,42 +84,33 @@ class NucleiSimulator:
 
         preset = self.preset.lower()
         n = self.n_images
-        out = knext.BatchOutputTable.create(row_ids="keep")
-        rows: list[dict[str, Any]] = []
-        ids: list[str] = []
+        out = kt.BatchWriter(self._columns())
         for i, child in enumerate(np.random.SeedSequence(self.seed).spawn(n)):
             kt.check_canceled(exec_context, f"{i} of {n} images simulated")
             try:
                 img, lbl = simulate_image(self.image_size, preset, np.random.default_rng(child))
             except InputError as err:
                 raise knext.InvalidParametersError(str(err)) from err
-            row = {"image_name": f"sim_{i:04d}", "image": kt.image_cell(img), "labels": kt.labels_cell(lbl),
+            image, labels = cells.png_cell(img), cells.labels_png_cell(lbl)
+            if image is None or labels is None:
+                raise knext.InvalidParametersError(f"Image size {self.image_size}: {cells.why_not_png(img)}")
+            row = {"image_name": f"sim_{i:04d}", "image": image, "labels": labels,
                    "n_objects": int(len(np.unique(lbl[lbl > 0])))}
             if self.preview:
-                row["preview"] = kt.preview_cell(img, lbl, self.preview_size)
-            rows.append(row)
-            ids.append(f"Row{i}")
-            if len(rows) == kt.BATCH_ROWS or i == n - 1:
-                out.append(_frame(rows, ids, self._columns()))
-                rows, ids = [], []
+                row["preview"] = cells.preview_cell(img, lbl, self.preview_size)
+            out.add(f"Row{i}", row)
             exec_context.set_progress((i + 1) / n, f"simulated image {i + 1} of {n}")
-        return out
-
-
-def _frame(rows: list[dict[str, Any]], ids: list[str], columns: list[Any]) -> pd.DataFrame:
-    df = pd.DataFrame(rows, index=pd.Index(ids, dtype=object), columns=[c.name for c in columns])
-    for c in columns:
-        if c.ktype == knext.int64():
-            df[c.name] = df[c.name].astype("int64")
-    return df
+        return out.table()
 
 
 # -- Image Reader --------------------------------------------------------------------------------
 
 
 class CellContent(knext.EnumParameterOptions):
-    IMAGE = ("Image data", "Read the files and put the images into the table as lossless TIFF bytes.")
-    PATH = ("File paths", "Only list the file paths (for large images: the Predictor's large-image mode).")
+    IMAGE = ("Image data", "Read the files and put the images into the table as lossless PNG image cells (8- or "
+             "16-bit grey, RGB or RGBA images up to 8192 x 8192 pixels).")
+    PATH = ("File paths", "Only list the files as Path cells: for large images (the Predictor's large-image mode) "
+            "and images PNG cannot hold exactly (float, 16-bit colour, more than 4 channels); every node reads them.")
 
 
 def _glob_images(pattern: str) -> list[Path]:
@@ -138,14 +128,15 @@ def _glob_images(pattern: str) -> list[Path]:
 )
 @knext.output_table(
     "Images",
-    "One row per image file (sorted by name): name, path, the image as TIFF bytes (or only the path) and, "
-    "with a mask folder, the matching label image.",
+    "One row per image file (sorted by name): name, path (Path cell), the image as a PNG image cell (or only "
+    "the path) and, with a mask folder, the matching label image (16-bit PNG image cell, or its path).",
 )
 class ImageReader:
     """Reads microscopy images (TIFF, PNG, JPEG) from a folder or a glob pattern into a table.
 
-    Images are stored losslessly as TIFF bytes (any bit depth, any number of channels), so 16-bit and
-    multi-channel data survive. Optionally a mask folder is matched by file name (``a.tif`` in the image
+    Images are stored losslessly as PNG image cells, which KNIME shows in its table view (8- and 16-bit grey,
+    RGB and RGBA). Images PNG cannot hold exactly (float, 16-bit colour, more than four channels) are read in
+    *file paths* mode: every cellseg node reads images from Path or string columns too. Optionally a mask folder is matched by file name (``a.tif`` in the image
     folder and ``a.tif`` or ``a.png`` in the mask folder) and its instance label images are added, ready for
     the StarDist Learner or Retrainer. In *file paths* mode only the paths are listed, e.g. for the
     Predictor's large-image mode, which streams huge images tile by tile.
@@ -163,15 +154,15 @@ class ImageReader:
         False, is_advanced=True)
 
     def _columns(self) -> list[Any]:
-        cols = [knext.Column(knext.string(), "image_name"), knext.Column(knext.string(), "image_path")]
+        cols = [knext.Column(knext.string(), "image_name"), knext.Column(cells.path_type(), "image_path")]
         masks = bool(self.mask_folder.strip())
         if self.content == CellContent.IMAGE.name:
-            cols.append(knext.Column(knext.blob(), "image"))
+            cols.append(knext.Column(cells.png_type(), "image"))
             if masks:
-                cols.append(knext.Column(knext.blob(), "labels"))
+                cols.append(knext.Column(cells.png_type(), "labels"))
             cols += [knext.Column(knext.int64(), n) for n in ("height", "width", "channels")]
         elif masks:
-            cols.append(knext.Column(knext.string(), "label_path"))
+            cols.append(knext.Column(cells.path_type(), "label_path"))
         return cols
 
     def _files(self, ctx: Any = None) -> list[Path]:
@@ -218,19 +209,19 @@ class ImageReader:
             missing = [f.name for f in files if f.stem not in masks]
             if missing:
                 raise ValueError(f"Mask folder: no mask for {len(missing)} image(s), e.g. {', '.join(missing[:5])}")
-        columns = self._columns()
         read = self.content == CellContent.IMAGE.name
-        out = knext.BatchOutputTable.create(row_ids="keep")
-        rows: list[dict[str, Any]] = []
-        ids: list[str] = []
+        out = kt.BatchWriter(self._columns())
         n = len(files)
         for i, f in enumerate(files):
             kt.check_canceled(exec_context, f"{i} of {n} files read")
-            row: dict[str, Any] = {"image_name": f.stem, "image_path": str(f.resolve())}
+            row: dict[str, Any] = {"image_name": f.stem, "image_path": cells.path_cell(f)}
             if read:
                 try:
                     img = cio.check_image(cio.read_image(f), str(f))
-                    row["image"] = kt.image_cell(img)
+                    row["image"] = cells.png_cell(img)
+                    if row["image"] is None:
+                        raise InputError(f"{cells.why_not_png(img)}; set 'Cell content' to File paths (every "
+                                         "cellseg node reads images from files)")
                     if masks is not None:
                         mpath = masks[f.stem]
                         msk = cio.read_image(mpath)
@@ -239,20 +230,19 @@ class ImageReader:
                         if msk.shape != img.shape[:2]:
                             raise InputError(f"{mpath}: mask shape {msk.shape} does not match image shape "
                                              f"{img.shape[:2]} ({f.name})")
-                        row["labels"] = kt.labels_cell(
-                            cio.check_mask(msk, str(mpath), label_components=self.label_components))
+                        lbl = cio.check_mask(msk, str(mpath), label_components=self.label_components)
+                        row["labels"] = cells.labels_png_cell(lbl)
+                        if row["labels"] is None:
+                            raise InputError(f"{mpath}: {int(lbl.max())} objects do not fit a 16-bit PNG cell; set "
+                                             "'Cell content' to File paths")
                 except InputError as err:
                     raise ValueError(f"File {i + 1} of {n} ({f.name}): {err}") from err
-                row.update(height=int(img.shape[0]), width=int(img.shape[1]), channels=kt.channels_of(img))
+                row.update(height=int(img.shape[0]), width=int(img.shape[1]), channels=cells.channels_of(img))
             elif masks is not None:
-                row["label_path"] = str(masks[f.stem].resolve())
-            rows.append(row)
-            ids.append(f"Row{i}")
-            if len(rows) == kt.BATCH_ROWS or i == n - 1:
-                out.append(_frame(rows, ids, columns))
-                rows, ids = [], []
+                row["label_path"] = cells.path_cell(masks[f.stem])
+            out.add(f"Row{i}", row)
             exec_context.set_progress((i + 1) / n, f"read {f.name} ({i + 1} of {n})")
-        return out
+        return out.table()
 
 
 # -- StarDist Model Reader -----------------------------------------------------------------------

@@ -1,9 +1,9 @@
-"""Images in KNIME tables: cells <-> numpy arrays, column checks and batch helpers.
+"""KNIME tables for the nodes: column choice, batches of a fixed size, typed empty outputs, progress.
 
-KNIME has no microscopy image cell, so an image is a binary cell (``knext.blob()``) of lossless TIFF bytes
-(any dtype, any number of channels) or a string cell with a file path. Label images go out as TIFF bytes
-(uint16/uint32); previews as PNG image cells (``knext.logical(PIL.Image.Image)``) that KNIME shows.
-Errors about a cell name its row id; errors about a setting raise ``knext.InvalidParametersError``.
+KNIME's Arrow sink accepts output batches of one size (only the last may be smaller), so the nodes write
+through :class:`BatchWriter`, which buffers rows and flushes them in batches of :data:`BATCH_ROWS`; an
+output without rows still carries the columns and types that ``configure`` announced. Image cells are
+:mod:`cellseg_knime.cells`. Errors about a setting raise ``knext.InvalidParametersError``.
 """
 
 from __future__ import annotations
@@ -13,34 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import knime.extension as knext
-import numpy as np
 import pandas as pd
 
-from cellseg import io as cio
-from cellseg.errors import CancelledError, InputError
+from cellseg.errors import CancelledError
+from cellseg_knime import cells
+from cellseg_knime.cells import workflow_dir
 
 #: Rows per output batch written by the nodes.
 BATCH_ROWS = 64
-
-
-def png_type() -> Any:
-    """KNIME's PNG image cell type."""
-    from PIL import Image
-
-    return knext.logical(Image.Image)
-
-
-def is_blob(column: Any) -> bool:
-    return column.ktype == knext.blob()
-
-
-def is_string(column: Any) -> bool:
-    return column.ktype == knext.string()
-
-
-def is_image_column(column: Any) -> bool:
-    """Binary (TIFF bytes) or string (file path) column."""
-    return is_blob(column) or is_string(column)
 
 
 def is_int_column(column: Any) -> bool:
@@ -51,11 +31,11 @@ def column_names(schema: Any) -> list[str]:
     return [c.name for c in schema]
 
 
-def pick_column(schema: Any, name: str | None, what: str, accept: Callable[[Any], bool] = is_image_column,
-                preferred: tuple[str, ...] = (), kinds: str = "binary (TIFF bytes) or string (file path)",
+def pick_column(schema: Any, name: str | None, what: str, accept: Callable[[Any], bool] = cells.is_image_column,
+                preferred: tuple[str, ...] = (), kinds: str = cells.KINDS,
                 exclude: tuple[str | None, ...] = ()) -> str:
     """The selected column ``name``, checked; if None, the first column named in ``preferred`` or else the first
-    accepted column. Raises InvalidParametersError naming the column."""
+    accepted column. Raises InvalidParametersError naming the column and the kinds it may be."""
     columns = {c.name: c for c in schema}
     if name:
         if name not in columns:
@@ -84,80 +64,83 @@ def unique_name(existing: list[str], base: str) -> str:
     return f"{base} (#{i})"
 
 
-# -- cells --------------------------------------------------------------------------------------
+def _pandas_dtype(ktype: Any) -> Any:
+    if ktype == knext.int64():
+        return "int64"
+    if ktype == knext.int32():
+        return "int32"
+    if ktype == knext.double():
+        return "float64"
+    if ktype == knext.bool_():
+        return "bool"
+    if ktype == knext.string():
+        return "string"
+    return ktype.to_pandas()  # KNIME's logical types (PNG image, Path)
 
 
-def _missing(value: Any) -> bool:
-    if value is None:
-        return True
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
+def frame(rows: list[dict[str, Any]], ids: list[str], columns: list[Any]) -> pd.DataFrame:
+    """A DataFrame of ``rows`` with exactly ``columns`` (``knext.Column``); RowIDs ``ids``.
+
+    Columns are typed as configured also where they hold no value (an empty table, or a batch whose cells
+    are all missing): KNIME would read such an object column as void.
+    """
+    if not rows:
+        return pd.DataFrame({c.name: pd.Series([], dtype=_pandas_dtype(c.ktype)) for c in columns},
+                            index=pd.Index([], dtype="string"))
+    df = pd.DataFrame(rows, index=pd.Index(ids, dtype=object), columns=[c.name for c in columns])
+    for c in columns:
+        values = df[c.name]
+        if c.ktype in (knext.int64(), knext.int32()):
+            dtype = _pandas_dtype(c.ktype)
+            df[c.name] = values.astype(dtype.capitalize() if values.isna().any() else dtype)
+        elif c.ktype == knext.double():
+            df[c.name] = values.astype("float64")
+        elif values.map(cells.missing).all():
+            df[c.name] = pd.Series([None] * len(df), index=df.index, dtype=_pandas_dtype(c.ktype))
+    return df
 
 
-def read_cell(value: Any, row_id: str, column: str) -> np.ndarray:
-    """Image of a cell: TIFF bytes or a file path. Raises ValueError naming the row and column."""
-    if _missing(value):
-        raise ValueError(f"Row '{row_id}': the cell of column '{column}' is missing")
-    try:
-        if isinstance(value, bytes | bytearray | memoryview):
-            return cio.decode_tiff(bytes(value), name=f"Row '{row_id}', column '{column}'")
-        if isinstance(value, str):
-            return cio.read_image(value)
-    except InputError as err:
-        raise ValueError(f"Row '{row_id}', column '{column}': {err}") from err
-    raise ValueError(f"Row '{row_id}': the cell of column '{column}' is a {type(value).__name__}, not an image")
+class BatchWriter:
+    """An output table written in batches of exactly ``batch_rows`` rows (the last one may be smaller).
 
+    ``add`` takes rows in any amounts; ``table()`` flushes the rest and returns the ``BatchOutputTable``.
+    RowIDs must be unique over the table (KNIME checks them).
+    """
 
-def read_image(value: Any, row_id: str, column: str) -> np.ndarray:
-    """A checked image (numeric YX/YXC, finite)."""
-    img = read_cell(value, row_id, column)
-    try:
-        return cio.check_image(img, f"Row '{row_id}', column '{column}'")
-    except InputError as err:
-        raise ValueError(str(err)) from err
+    def __init__(self, columns: list[Any], batch_rows: int = BATCH_ROWS) -> None:
+        self.columns = list(columns)
+        self.names = [c.name for c in self.columns]
+        self.batch_rows = batch_rows
+        self.out = knext.BatchOutputTable.create(row_ids="keep")
+        self._rows: list[dict[str, Any]] = []
+        self._ids: list[str] = []
+        self.written = 0
 
+    def add(self, row_id: str, row: dict[str, Any]) -> None:
+        extra = set(row) - set(self.names)
+        if extra:
+            raise KeyError(f"columns {sorted(extra)} are not in the output table")
+        self._rows.append(row)
+        self._ids.append(str(row_id))
+        if len(self._rows) >= self.batch_rows:
+            self._flush()
 
-def read_labels(value: Any, row_id: str, column: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """An integer YX label image; with ``shape`` its size must match the image's."""
-    lbl = read_cell(value, row_id, column)
-    if lbl.ndim == 3 and lbl.shape[-1] == 1:
-        lbl = lbl[..., 0]
-    if lbl.ndim != 2:
-        raise ValueError(f"Row '{row_id}', column '{column}': labels have shape {lbl.shape}; expected a YX image")
-    if not (np.issubdtype(lbl.dtype, np.integer) or lbl.dtype == bool):
-        raise ValueError(f"Row '{row_id}', column '{column}': labels are not integer (dtype {lbl.dtype})")
-    if shape is not None and lbl.shape != tuple(shape[:2]):
-        raise ValueError(
-            f"Row '{row_id}': label image {lbl.shape[0]}x{lbl.shape[1]} (column '{column}') does not match "
-            f"the image size {shape[0]}x{shape[1]}"
-        )
-    return lbl
+    def add_frame(self, df: pd.DataFrame) -> None:
+        for rid, values in zip(df.index, df[self.names].to_dict("records")):
+            self.add(str(rid), values)
 
+    def _flush(self) -> None:
+        if self._rows:
+            self.out.append(frame(self._rows, self._ids, self.columns))
+            self.written += len(self._rows)
+            self._rows, self._ids = [], []
 
-def labels_cell(labels: np.ndarray) -> bytes:
-    """TIFF bytes of a label image as uint16 (uint32 if needed)."""
-    lbl = np.asarray(labels)
-    dtype = np.uint16 if lbl.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32
-    return cio.encode_tiff(lbl.astype(dtype, copy=False))
-
-
-def image_cell(image: np.ndarray) -> bytes:
-    """Lossless TIFF bytes of an image."""
-    return cio.encode_tiff(np.asarray(image))
-
-
-def preview_cell(image: np.ndarray, labels: np.ndarray | None = None, max_size: int = 256) -> Any:
-    """A PIL image (KNIME PNG cell): the image with coloured label outlines, at most ``max_size`` a side."""
-    from PIL import Image
-
-    lbl = np.zeros(image.shape[:2], np.uint16) if labels is None else labels
-    return Image.fromarray(cio.overlay(image, lbl, max_size=max_size))
-
-
-def channels_of(image: np.ndarray) -> int:
-    return 1 if image.ndim == 2 else int(image.shape[-1])
+    def table(self) -> Any:
+        if self._rows or self.written == 0:
+            self.out.append(frame(self._rows, self._ids, self.columns))
+            self.written += len(self._rows)
+            self._rows, self._ids = [], []
+        return self.out
 
 
 # -- tables -------------------------------------------------------------------------------------
@@ -188,11 +171,6 @@ def require_rows(table: Any, what: str = "input table") -> int:
     return n
 
 
-def empty_frame(schema: list[tuple[str, str]]) -> pd.DataFrame:
-    """An empty DataFrame with the given ``(name, dtype)`` columns."""
-    return pd.DataFrame({n: pd.Series(dtype=t) for n, t in schema})
-
-
 def check_canceled(ctx: Any, done: str = "") -> None:
     """Raise a clean RuntimeError if the user canceled (KNIME then marks the node canceled)."""
     if ctx.is_canceled():
@@ -211,14 +189,6 @@ def progress_fn(ctx: Any, start: float = 0.0, end: float = 1.0) -> Callable[[flo
         ctx.set_progress(start + (end - start) * f, message)
 
     return progress
-
-
-def workflow_dir(ctx: Any) -> Path | None:
-    """The workflow's folder when ``ctx`` knows it (KNIME's execution context), else None."""
-    try:
-        return Path(ctx.get_workflow_data_area_dir()).parent
-    except (AttributeError, RuntimeError, TypeError):
-        return None
 
 
 def check_path(value: str, what: str, must_exist: bool = True, ctx: Any = None) -> Path:

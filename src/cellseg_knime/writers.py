@@ -9,6 +9,7 @@ import knime.extension as knext
 
 from cellseg import io as cio
 from cellseg.errors import InputError
+from cellseg.models import check_model_target
 from cellseg_knime import category, icon
 from cellseg_knime import tables as kt
 from cellseg_knime.ports import StarDistModelPortObject, StarDistModelSpec, model_port_type
@@ -34,16 +35,19 @@ class ModelWriter:
 
     path = knext.StringParameter("Model folder or zip",
                                  "Where to write the model; a path ending in .zip writes a zip file.", "")
-    overwrite = knext.BoolParameter("Overwrite", "Replace an existing model at the path.", False)
+    overwrite = knext.BoolParameter("Overwrite", "Replace an existing model at the path. Only a model (a model "
+                                    "folder or zip, recognised by its files) is ever replaced; any other file or "
+                                    "folder is an error.", False)
 
     def _target(self, ctx: Any = None) -> Path:
         path = kt.check_path(self.path, "Model folder or zip", must_exist=False, ctx=ctx)
-        if path.exists() and not self.overwrite:
-            raise knext.InvalidParametersError(f"'{path}' exists; enable Overwrite to replace it")
-        if path.exists() and path.is_dir() != (path.suffix.lower() != ".zip"):
-            raise knext.InvalidParametersError(
-                f"'{path}' exists and is a {'folder' if path.is_dir() else 'file'}; choose another path")
-        return path
+        if not path.is_absolute():
+            return path  # configure: relative paths are resolved against the workflow folder at execution
+        try:
+            return check_model_target(path, self.overwrite)
+        except InputError as err:
+            message = str(err) + ("" if self.overwrite or not path.exists() else "; enable Overwrite to replace a model")
+            raise knext.InvalidParametersError(message) from err
 
     def configure(self, config_context: knext.ConfigurationContext, model_spec: StarDistModelSpec) -> None:
         if model_spec is None:
@@ -55,9 +59,10 @@ class ModelWriter:
         exec_context.set_progress(0.1, f"writing {path}")
         try:
             if path.suffix.lower() == ".zip":
-                cio.write_bytes_atomic(path, model.data)
+                check_model_target(path, self.overwrite)
+                cio.write_bytes_atomic(path, model.data)  # the port's bundle bytes, unchanged
             else:
-                model.model.save(path)
+                model.model.save(path, overwrite=self.overwrite)
         except InputError as err:
             raise ValueError(str(err)) from err
         except OSError as err:

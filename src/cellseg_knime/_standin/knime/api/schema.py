@@ -2,11 +2,18 @@
 
 Mirrors ``org.knime.python3/src/main/python/knime/api/schema.py`` (KNIME 5.x): singleton primitive
 types, ``list_``/``struct``/``logical`` helpers, lazy ``_ColumnarView`` results for slicing/appending.
+Type names (``str(ktype)``) are KNIME's: ``Number (Integer)``, ``String``, ``List (Collection of: ...)``,
+``PNG Image``, ``Path``...
+
+Logical types exist only for the Python value types that KNIME's Java side registers at start-up
+(``org.knime.python3.arrow.types/plugin.xml``); the stand-in registers the ones the nodes use:
+``PIL.Image.Image`` (PNG image cell), ``knime.types.builtin.FSLocationValue`` (Path cell) and the
+date/time types (type level only: the stand-in cannot convert date/time data). ``logical(cls)`` of
+any other class raises TypeError, as in KNIME.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from enum import Enum, unique
@@ -26,11 +33,11 @@ class KnimeType:
 
 @unique
 class PrimitiveTypeId(Enum):
-    INT = "int32"
-    LONG = "int64"
-    STRING = "string"
-    DOUBLE = "double"
-    BOOL = "bool"
+    INT = "Number (Integer)"
+    LONG = "Number (Long Integer)"
+    STRING = "String"
+    DOUBLE = "Number (Float)"
+    BOOL = "Boolean"
     BLOB = "blob"
     NULL = "null"
 
@@ -100,7 +107,7 @@ class ListType(KnimeType):
         return hash(str(self))
 
     def __str__(self) -> str:
-        return f"list<{self._inner_type}>"
+        return f"List (Collection of: {self._inner_type})"
 
 
 class StructType(KnimeType):
@@ -144,10 +151,7 @@ class LogicalType(KnimeType):
     @property
     def value_type(self) -> str:
         """Name of the Python type of the values (the registered default Python representation)."""
-        for name, (factory, _storage, is_default) in _VALUE_TYPES.items():
-            if is_default and _value_factory(factory) == self._logical_type:
-                return name
-        raise ValueError(f"No PythonValueFactory registered for {self._logical_type}")
+        return _bundle_for_logical_type(self._logical_type).python_type
 
     @property
     def proxy_type(self) -> Any:
@@ -165,15 +169,31 @@ class LogicalType(KnimeType):
         return hash(str(self))
 
     def __str__(self) -> str:
-        try:
-            return f"extension<{self.value_type}>"
-        except ValueError:
+        bundle = _BY_LOGICAL_TYPE.get(self._logical_type)
+        if bundle is None:
             return f"extension<logical={self.logical_type}, storage={self.storage_type}>"
+        if self.proxy_type is not None:
+            return f"extension<proxy={self.proxy_type}, internal={bundle.python_type}>"
+        return bundle.data_type
+
+    def to_pyarrow(self) -> Any:
+        """The pyarrow extension type of columns of this type (e.g. for an empty ``pyarrow`` table)."""
+        from knime.api import _values
+
+        _bundle_for_logical_type(self._logical_type)
+        return _values.LogicalArrowType(_values.arrow_type(self._storage_type), self._logical_type)
+
+    def to_pandas(self) -> Any:
+        """The pandas dtype of columns of this type (e.g. ``pd.Series([], dtype=ktype.to_pandas())``)."""
+        return self.to_pyarrow().to_pandas_dtype()
 
     @staticmethod
     def supported_value_types() -> str:
-        names = "\n".join(f"    {n}" for n in _VALUE_TYPES)
-        return f"Available value types:\n{names}\nplus int32(), int64(), double(), bool_(), string(), blob(), list_(), struct()"
+        names = "\n".join(f"    {n}" for n in _BY_PYTHON_TYPE)
+        return (
+            f"Available value types:\n{names}\n"
+            "plus int32(), int64(), double(), bool_(), string(), blob(), list_(), struct()"
+        )
 
 
 # --------------------------------------------------------------------------- type helpers
@@ -202,6 +222,7 @@ def string(dict_encoding_key_type: DictEncodingKeyType | None = None) -> Primiti
 
 
 def blob(dict_encoding_key_type: DictEncodingKeyType | None = None) -> PrimitiveType:
+    """Binary data. Only a schema type: KNIME Python refuses to write binary data in tables."""
     return PrimitiveType(PrimitiveTypeId.BLOB, dict_encoding_key_type)
 
 
@@ -213,33 +234,72 @@ def struct(*inner_types: KnimeType) -> StructType:
     return StructType(inner_types)
 
 
-def _value_factory(java_class: str) -> str:
-    return '{"value_factory_class":"' + java_class + '"}'
+# --------------------------------------------------------------------------- registered value types
+class _Bundle:
+    """A Python value factory as KNIME's Java side registers it: Java value factory, KNIME type name,
+    storage type and the Python type of the values (its default representation)."""
+
+    def __init__(self, java_value_factory: str, data_type: str, storage: Any, python_type: str) -> None:
+        self.logical_type = '{"value_factory_class":"' + java_value_factory + '"}'
+        self.data_type = data_type
+        self.storage = storage  # () -> KnimeType
+        self.python_type = python_type
+
+
+class _ProxyConverter:
+    """A non-default Python representation of a registered type (e.g. ``PngImageFile`` for PNG images)."""
+
+    def __init__(self, compatible_type_name: str) -> None:
+        self._name = compatible_type_name
+
+    @property
+    def compatible_type(self) -> type:
+        import importlib
+
+        module, _, qualname = self._name.rpartition(".")
+        return getattr(importlib.import_module(module), qualname)
 
 
 _TIME = "org.knime.core.data.v2.time."
-# Python value type name -> (Java value factory, storage type factory, is default Python representation),
-# mirroring org.knime.python3.arrow.types/plugin.xml. PNG images are file-store backed (storage approximated).
-_VALUE_TYPES: dict[str, tuple[str, Any, bool]] = {
-    "datetime.datetime": (
-        _TIME + "ZonedDateTimeValueFactory2",
-        lambda: struct(int64(), int64(), int32(), string()),
-        True,
-    ),
-    "datetime.date": (_TIME + "LocalDateValueFactory", int64, True),
-    "datetime.time": (_TIME + "LocalTimeValueFactory", int64, True),
-    "datetime.timedelta": (_TIME + "DurationValueFactory", lambda: struct(int64(), int32()), True),
-    "PIL.Image.Image": (
-        "org.knime.core.data.image.png.PNGImageValueFactory",
-        lambda: struct(string(), blob()),
-        True,
-    ),
-    "PIL.PngImagePlugin.PngImageFile": (
-        "org.knime.core.data.image.png.PNGImageValueFactory",
-        lambda: struct(string(), blob()),
-        False,
-    ),
-}
+_BY_LOGICAL_TYPE: dict[str, _Bundle] = {}
+_BY_PYTHON_TYPE: dict[str, _Bundle] = {}
+_PROXIES: dict[str, str] = {}  # proxy Python type name -> Python type name of the default representation
+
+
+def _register(java_value_factory: str, data_type: str, storage: Any, python_type: str,
+              is_default: bool = True) -> None:
+    """What ``knime.api.types.register_python_value_factory`` does when Java registers a value factory."""
+    bundle = _Bundle(java_value_factory, data_type, storage, python_type)
+    if is_default:
+        _BY_LOGICAL_TYPE[bundle.logical_type] = bundle
+        _BY_PYTHON_TYPE[python_type] = bundle
+    else:
+        _PROXIES[python_type] = _BY_LOGICAL_TYPE[bundle.logical_type].python_type
+
+
+# the subset of org.knime.python3.arrow.types/plugin.xml that the nodes use, in Java's order (for a Python
+# type registered twice the later registration wins, as in KNIME); storage types as Java's data specs
+_FILE_STORE = lambda: struct(string(), blob())  # noqa: E731 - KNIME's file-store backed cells (PNG)
+_register("org.knime.filehandling.core.data.location.FSLocationValueFactory", "Path",
+          lambda: struct(string(), string(), string()), "knime.types.builtin.FSLocationValue")
+_register(_TIME + "LocalDateTimeValueFactory", "Local Date Time", lambda: struct(int64(), int64()),
+          "datetime.datetime")
+_register(_TIME + "ZonedDateTimeValueFactory2", "Zoned Date Time",
+          lambda: struct(int64(), int64(), int32(), string()), "datetime.datetime")
+_register(_TIME + "DurationValueFactory", "Duration", lambda: struct(int64(), int32()), "datetime.timedelta")
+_register(_TIME + "LocalTimeValueFactory", "Local Time", int64, "datetime.time")
+_register(_TIME + "LocalDateValueFactory", "Local Date", int64, "datetime.date")
+_register("org.knime.core.data.image.png.PNGImageValueFactory", "PNG Image", _FILE_STORE, "PIL.Image.Image")
+_register("org.knime.core.data.image.png.PNGImageValueFactory", "PNG Image", _FILE_STORE,
+          "PIL.PngImagePlugin.PngImageFile", is_default=False)
+
+
+def _bundle_for_logical_type(logical_type: str) -> _Bundle:
+    if logical_type not in _BY_LOGICAL_TYPE:
+        raise ValueError(
+            f"The logical type {logical_type} is not compatible with any registered Python value factory."
+        )
+    return _BY_LOGICAL_TYPE[logical_type]
 
 
 def _type_name(value_type: type) -> str:
@@ -247,18 +307,27 @@ def _type_name(value_type: type) -> str:
 
 
 def logical(value_type: type) -> LogicalType:
-    """Create the KNIME logical type for a Python value type (e.g. ``PIL.Image.Image`` -> PNG image).
+    """The KNIME logical type for a registered Python value type (e.g. ``PIL.Image.Image`` -> PNG image).
 
-    Raises TypeError if no PythonValueFactory is registered for the type.
+    Raises TypeError if no PythonValueFactory is registered for exactly this type (not for subclasses).
     """
-    name = _type_name(value_type) if isinstance(value_type, type) else str(value_type)
-    if name not in _VALUE_TYPES:
+    if not isinstance(value_type, type):
+        raise TypeError(f" The Python type '{value_type}' is not a type.")
+    name = _type_name(value_type)
+    proxy = None
+    if name in _PROXIES:
+        proxy = _ProxyConverter(_PROXIES[name])
+        name = _PROXIES[name]
+    if name not in _BY_PYTHON_TYPE:
         raise TypeError(
-            f"Could not find registered KNIME extension type for Python logical type {value_type}. "
-            "Call knime.api.schema.LogicalType.supported_value_types() to get a list of supported types."
+            f"""
+            Could not find registered KNIME extension type for Python logical type {value_type}. 
+            Call knime.api.schema.LogicalType.supported_value_types() to get a list of supported types and use one of these.
+            """,  # noqa: W291 - KNIME's message
+            TypeError(f"The python type {value_type} is not compatible with any registered Python value factory."),
         )
-    factory, storage, _ = _VALUE_TYPES[name]
-    return LogicalType(_value_factory(factory), storage())
+    bundle = _BY_PYTHON_TYPE[name]
+    return LogicalType(bundle.logical_type, bundle.storage(), proxy)
 
 
 def datetime(
@@ -269,11 +338,12 @@ def datetime(
         raise ValueError("Either date or time must be True")
     if timezone and not time:
         raise ValueError("Timezone is only supported if time is True")
-    if date and time and not timezone:
-        return LogicalType(_value_factory(_TIME + "LocalDateTimeValueFactory"), struct(int64(), int64()))
     if date and time:
-        return logical(_dt.datetime)
-    return logical(_dt.date) if date else logical(_dt.time)
+        name = "ZonedDateTimeValueFactory2" if timezone else "LocalDateTimeValueFactory"
+    else:
+        name = "LocalDateValueFactory" if date else "LocalTimeValueFactory"
+    bundle = _BY_LOGICAL_TYPE['{"value_factory_class":"' + _TIME + name + '"}']
+    return LogicalType(bundle.logical_type, bundle.storage())
 
 
 # --------------------------------------------------------------------------- port object specs

@@ -15,7 +15,11 @@ Names, signatures, defaults and behaviour mirror the sources of github.com/knime
 - ``org.knime.python3.arrow.types/plugin.xml`` (Python value types, e.g. ``PIL.Image.Image`` -> PNG image)
 
 Only a subset is provided (no DateTime/ColumnFilter/EnumSet parameters, credentials ports, dialogs,
-proxy settings). Tables are pandas-backed and use the Arrow backend's RowID rules.
+proxy settings); what is provided is at least as strict as KNIME's runtime where the nodes depend on it.
+Tables are pyarrow-backed and follow KNIME's Arrow backend and Java checks (storable types only -- no
+binary data --, batch sizes, RowIDs, empty tables); see ``knime.api.table``. Logical types: PNG image
+cells (``PIL.Image.Image``) and Path cells (``knime.types.builtin.FSLocationValue``); see
+``knime.api.schema`` and ``knime.api._values``. Port types register as in KNIME (``knime.extension.nodes``).
 """
 
 import knime.api.schema as _ks

@@ -4,7 +4,12 @@ Mirrors ``org.knime.python3.nodes/src/main/python/knime/extension/nodes.py`` (KN
 Registries (same private names as the real module): ``_nodes`` (node id -> ``_Node``) and
 ``_categories`` (list of ``_Category``). The node id is ``id`` if given to ``@knext.node`` else the
 decorated class's ``__name__``; KNIME itself combines it as ``f"{extension_id}_!_{node_id}"`` with
-``extension_id = f"{group_id}.{name}"`` from knime.yml.
+``extension_id = f"{group_id}.{name}"`` from knime.yml. Custom port types register with ``_backend``
+(as in KNIME, where it is the node backend of the loaded extension): an object class, spec class or id
+registered twice raises ValueError.
+
+Stand-in only: ``execute`` of a node instance is wrapped like KNIME's runtime treats it: input tables
+arrive with batches, output tables get Java's checks (see ``_execute_as_in_knime``).
 """
 
 from __future__ import annotations
@@ -89,34 +94,78 @@ class ImageFormat(Enum):
     SVG = "svg"
 
 
-_port_types: dict[
-    str, PortType
-] = {}  # stand-in registry of custom port types (KNIME keeps it on the Java side)
+class _StandinNodeBackend:
+    """Where ``port_type`` registers: in KNIME the node backend of the loaded extension
+    (``_node_backend_launcher._PortTypeRegistry``); here the stand-in's, with the same rules.
+
+    The default port type id is ``f"{extension_id}.{module}.{qualname}"``, ``extension_id`` being
+    ``group_id.name`` of knime.yml: a runner that knows it sets ``_extension_id``; while it is None the
+    default id is ``f"{module}.{qualname}"``.
+    """
+
+    def __init__(self) -> None:
+        self._extension_id: str | None = None
+        self._port_types_by_object_class: dict[type, PortType] = {}
+        self._port_types_by_spec_class: dict[type, PortType] = {}
+        self._port_types_by_id: dict[str, PortType] = {}
+
+    def register_port_type(
+        self, name: str, object_class: type, spec_class: type, id: str | None = None
+    ) -> PortType:
+        if object_class in self._port_types_by_object_class:
+            raise ValueError(
+                f"There is already a port type with the provided object class '{object_class}' registered."
+            )
+        if spec_class in self._port_types_by_spec_class:
+            raise ValueError(
+                f"There is already a port type with the provided spec class '{spec_class}' registered."
+            )
+        if id is None:
+            id = f"{object_class.__module__}.{object_class.__qualname__}"
+            if self._extension_id is not None:
+                id = f"{self._extension_id}.{id}"
+        if id in self._port_types_by_id:
+            raise ValueError(f"There is already a port type with the provided id '{id}' registered.")
+        port_type = PortType(id, name, object_class, spec_class)
+        self._port_types_by_object_class[object_class] = port_type
+        self._port_types_by_spec_class[spec_class] = port_type
+        self._port_types_by_id[id] = port_type
+        return port_type
+
+    def get_port_type_for_spec_type(self, spec_type: type) -> PortType:
+        if spec_type in self._port_types_by_spec_class:
+            return self._port_types_by_spec_class[spec_type]
+        raise KeyError(f"The PortObjectSpec type {str(spec_type)} is not registered.")
+
+    def get_port_type_for_id(self, id: str) -> PortType:
+        if id in self._port_types_by_id:
+            return self._port_types_by_id[id]
+        raise KeyError(f"No PortType for id '{id}' registered.")
+
+    def has_port_type_for_id(self, id: str) -> bool:
+        return id in self._port_types_by_id
+
+
+_backend = _StandinNodeBackend()
 
 
 def port_type(
     name: str, object_class: type[PortObject], spec_class: type[PortObjectSpec], id: str | None = None
 ) -> PortType:
-    """Register a custom port type (default id: ``f"{object_class.__module__}.{object_class.__qualname__}"``)."""
-    if id is None:
-        id = f"{object_class.__module__}.{object_class.__qualname__}"
-    if not (isinstance(object_class, type) and issubclass(object_class, PortObject)):
-        raise TypeError(f"{object_class} is not a subclass of PortObject")
-    if not (isinstance(spec_class, type) and issubclass(spec_class, PortObjectSpec)):
-        raise TypeError(f"{spec_class} is not a subclass of PortObjectSpec")
-    _port_types[id] = PortType(id, name, object_class, spec_class)
-    return _port_types[id]
+    """Register a custom port type (see ``_StandinNodeBackend`` for the default id)."""
+    return _backend.register_port_type(name, object_class, spec_class, id)
 
 
 def get_port_type_for_spec_type(spec_type: type[PortObjectSpec]) -> PortType:
-    for pt in _port_types.values():
-        if pt.spec_class is spec_type:
-            return pt
-    raise KeyError(f"No port type registered for spec type {spec_type}")
+    return _backend.get_port_type_for_spec_type(spec_type)
 
 
 def get_port_type_for_id(id: str) -> PortType:
-    return _port_types[id]
+    return _backend.get_port_type_for_id(id)
+
+
+def has_port_type_for_id(id: str) -> bool:
+    return _backend.has_port_type_for_id(id)
 
 
 @dataclass
@@ -329,7 +378,7 @@ class _Node:
             node.input_ports = self.input_ports
             node.output_ports = self.output_ports
             node.output_view = self.views[0]
-            node.execute = _unwrap_results(node.execute)
+            node.execute = _execute_as_in_knime(_unwrap_results(node.execute))
             node.configure = _unwrap_results(node.configure)
             return node
 
@@ -402,6 +451,23 @@ def _unwrap_results(func: Callable) -> Callable:
             return [r.get() if isinstance(r, _ColumnarView) else r for r in results]
         if isinstance(results, _ColumnarView):
             return results.get()
+        return results
+
+    return wrapper
+
+
+def _execute_as_in_knime(func: Callable) -> Callable:
+    """Stand-in only: what KNIME's node backend and Java do around ``execute`` for tables.
+
+    Input tables become tables as KNIME passes them (with ``batches()``/``num_batches``; a
+    BatchOutputTable arrives with the batches that were appended, see ``knime.api.table._as_input``);
+    output tables get Java's checks (readable, unique RowIDs; ``knime.api.table._check_output``).
+    """
+
+    def wrapper(exec_context: Any, *inputs: Any) -> Any:
+        results = func(exec_context, *[kt._as_input(i) for i in inputs])
+        for r in results if isinstance(results, list | tuple) else [results]:
+            kt._check_output(r)
         return results
 
     return wrapper

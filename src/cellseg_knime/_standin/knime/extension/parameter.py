@@ -125,13 +125,8 @@ def _get_extension_version() -> Version:
 
 class Condition(ABC):
     @abstractmethod
-    def to_dict(self) -> dict:
-        """JSON-serializable form of the condition."""
-
-    @property
-    @abstractmethod
-    def subjects(self) -> list[Any]:
-        """The parameters this condition refers to."""
+    def to_dict(self, find_scope: Callable[[Any], Any], ctx: Any) -> dict:
+        """JSON-serializable form of the condition (``find_scope``: parameter -> its scope in the dialog)."""
 
 
 class OneOf(Condition):
@@ -142,12 +137,8 @@ class OneOf(Condition):
         self._values = values
         self._subject = subject
 
-    def to_dict(self) -> dict:
-        return {"oneOf": [{"const": v} for v in self._values]}
-
-    @property
-    def subjects(self) -> list[Any]:
-        return [self._subject]
+    def to_dict(self, find_scope: Callable[[Any], Any], ctx: Any) -> dict:
+        return {"scope": str(find_scope(self._subject)), "schema": {"oneOf": [{"const": v} for v in self._values]}}
 
 
 class Effect(Enum):

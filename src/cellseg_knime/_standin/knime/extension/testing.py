@@ -22,7 +22,7 @@ _NOT_AVAILABLE = "Not implemented for testing"
 class _RecordingJavaContext:
     """What the Java side would do for the calls that ExecutionContext delegates."""
 
-    def __init__(self, owner: TestingBaseContest) -> None:
+    def __init__(self, owner: _TestingBaseContext) -> None:
         self._owner = owner
 
     def set_progress(self, progress: float, message: str | None = None) -> None:
@@ -35,7 +35,7 @@ class _RecordingJavaContext:
         return self._owner._canceled
 
 
-class TestingBaseContest:  # sic: the real class name has this typo
+class _TestingBaseContext:
     __test__ = False  # not a pytest test class
 
     def __init__(self) -> None:
@@ -59,11 +59,11 @@ class TestingBaseContest:  # sic: the real class name has this typo
         self._warnings.append(str(message))
 
 
-class TestingConfigurationContext(TestingBaseContest, knext.ConfigurationContext):
+class TestingConfigurationContext(_TestingBaseContext, knext.ConfigurationContext):
     pass
 
 
-class TestingExecutionContext(TestingBaseContest, knext.ExecutionContext):
+class TestingExecutionContext(_TestingBaseContext, knext.ExecutionContext):
     def set_progress(self, progress: float, message: str | None = None) -> None:
         knext.ExecutionContext.set_progress(self, progress, message)
 
