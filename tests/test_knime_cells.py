@@ -14,7 +14,8 @@ from PIL import Image
 from cellseg.io import write_image
 from cellseg_knime import cells
 from cellseg_knime import tables as kt
-from knime_cells import batch_sizes, png
+from cellseg_knime.learners import read_training_table
+from knime_cells import batch_sizes, image_df, png, table_of
 
 
 def _roundtrip(image: Image.Image) -> Image.Image:
@@ -109,3 +110,27 @@ def test_batch_writer_empty_output_has_the_configured_types() -> None:
     table = kt.BatchWriter(columns).table()
     assert table.num_rows == 0
     assert [c.ktype for c in table.schema] == [c.ktype for c in columns]
+
+
+@pytest.mark.parametrize("kind", ("png", "path", "string"))
+def test_training_table_reads_every_kind(kind: str, tmp_path: Path, tiny_dataset, knime_ctx) -> None:
+    images, labels = tiny_dataset
+    from cellseg_knime import compat
+
+    if not compat.using_standin():
+        pytest.skip("needs the stand-in's _as_input (a table as execute() receives it)")
+    from knime.api.table import _as_input
+
+    table = _as_input(table_of(image_df(images, labels, kind, tmp_path), batch_rows=2))
+    got_images, got_labels, names = read_training_table(knime_ctx.make(), table, "image", "labels")
+    assert names == ["Row 'Row0'", "Row 'Row1'", "Row 'Row2'"]
+    for a, b in zip(got_images + got_labels, list(images) + list(labels)):
+        assert np.array_equal(a, b)
+
+
+def test_binary_masks_are_not_instance_labels() -> None:
+    mask = np.zeros((20, 20), np.uint8)
+    mask[2:6, 2:6] = mask[10:15, 10:15] = 255
+    with pytest.raises(ValueError, match="Row 'r', column 'labels': not instance labels: a binary mask"):
+        cells.read_labels(png(mask), "r", "labels")
+    assert cells.read_labels(png(mask), "r", "labels", binary_ok=True).max() == 255

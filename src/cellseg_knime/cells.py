@@ -192,8 +192,12 @@ def read_image(value: Any, row_id: str, column: str, ctx: Any = None) -> np.ndar
 
 
 def read_labels(value: Any, row_id: str, column: str, shape: tuple[int, ...] | None = None,
-                ctx: Any = None) -> np.ndarray:
-    """An integer YX label image; with ``shape`` its size must match the image's."""
+                ctx: Any = None, binary_ok: bool = False) -> np.ndarray:
+    """An integer YX instance label image; with ``shape`` its size must match the image's.
+
+    A binary image (values 0 and one other) with several separate objects is a foreground mask, not
+    instance labels, and is refused unless ``binary_ok`` (the nodes' *Label connected components*).
+    """
     where = _where(row_id, column)
     lbl = read_cell(value, row_id, column, ctx, labels=True)
     if lbl.ndim == 3 and lbl.shape[-1] == 1:
@@ -205,6 +209,16 @@ def read_labels(value: Any, row_id: str, column: str, shape: tuple[int, ...] | N
         raise ValueError(f"{where}: labels are not integer (dtype {lbl.dtype})")
     if lbl.dtype != bool and lbl.size and lbl.min() < 0:
         raise ValueError(f"{where}: labels are negative ({lbl.min()}); expected 0 = background, 1..n objects")
+    if not binary_ok:
+        values = np.unique(lbl)
+        if len(values) == 2 and values[0] == 0:
+            from skimage.measure import label as components
+
+            n = int(components(lbl > 0, connectivity=2).max())
+            if n > 1:
+                raise ValueError(f"{where}: not instance labels: a binary mask (values 0 and {values[1]}) with {n} "
+                                 "separate objects; give one integer per object, or turn on 'Label connected "
+                                 "components' where the node offers it")
     if shape is not None and lbl.shape != tuple(shape[:2]):
         raise ValueError(f"Row '{row_id}': label image {lbl.shape[0]}x{lbl.shape[1]} (column '{column}') does not "
                          f"match the image size {shape[0]}x{shape[1]}")

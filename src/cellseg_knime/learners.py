@@ -187,8 +187,8 @@ def _columns(node: Any, schema: knext.Schema) -> tuple[str, str]:
     return image, labels
 
 
-def read_training_table(ctx: Any, table: Any, image_col: str, label_col: str,
-                        end: float = 0.1) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+def read_training_table(ctx: Any, table: Any, image_col: str, label_col: str, end: float = 0.1,
+                        label_components: bool = False) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
     """Images, label images and row names of a training table (errors name the row)."""
     total = kt.require_rows(table, "training table")
     images, masks, names = [], [], []
@@ -196,7 +196,7 @@ def read_training_table(ctx: Any, table: Any, image_col: str, label_col: str,
         for i, (rid, img_cell, lbl_cell) in enumerate(zip(df.index, df[image_col], df[label_col])):
             kt.check_canceled(ctx, "while reading the training images")
             img = cells.read_image(img_cell, str(rid), image_col, ctx)
-            lbl = cells.read_labels(lbl_cell, str(rid), label_col, img.shape, ctx)
+            lbl = cells.read_labels(lbl_cell, str(rid), label_col, img.shape, ctx, binary_ok=label_components)
             images.append(img)
             masks.append(lbl)
             names.append(f"Row '{rid}'")
@@ -298,7 +298,8 @@ class StarDistLearner:
         image_col, label_col = _columns(self, table.schema)
         mc_dict = self._model_config()
         tc = _train_config(self.training, self.augmentation, self.advanced)
-        images, masks, names = read_training_table(exec_context, table, image_col, label_col)
+        images, masks, names = read_training_table(exec_context, table, image_col, label_col,
+                                                   label_components=self.advanced.label_components)
         _register_backbones()
         try:
             mc = ModelConfig.from_dict(mc_dict)
@@ -444,7 +445,8 @@ class StarDistRetrainer:
         image_col, label_col = _columns(self, table.schema)
         self._check(model.spec)
         tc = _train_config(self.training, self.augmentation, self.advanced, **self._extra())
-        images, masks, names = read_training_table(exec_context, table, image_col, label_col, end=0.08)
+        images, masks, names = read_training_table(exec_context, table, image_col, label_col, end=0.08,
+                                                   label_components=self.advanced.label_components)
         for name, img in zip(names, images):
             if cells.channels_of(img) != model.spec.n_channel_in:
                 raise ValueError(f"{name}: image has {cells.channels_of(img)} channel(s) but the model expects "
