@@ -44,13 +44,13 @@ class ImageOutputSettings:
                                     "name that exists is an error before any work.", False)
 
 
-def output_kind(settings: Any, input_is_png: bool) -> str:
-    """``"png"`` or ``"files"`` for the chosen setting and the input column's kind."""
+def output_kind(settings: Any, schema: Any, input_column: str) -> str:
+    """``"png"`` or ``"files"`` for the chosen setting and the kind of the input column (for *Like the input*)."""
     if settings.output == ImageOutput.PNG.name:
         return "png"
     if settings.output == ImageOutput.FILES.name:
         return "files"
-    return "png" if input_is_png else "files"
+    return "png" if cells.is_png(next(c for c in schema if c.name == input_column)) else "files"
 
 
 def output_ktype(kind: str) -> Any:

@@ -152,7 +152,7 @@ class StarDistPredictor:
     def _kind(self, schema: knext.Schema, col: str) -> str:
         if self.mode == Mode.LARGE_IMAGE.name:
             return "files"
-        return output_kind(self.image_output, cells.is_png(_column(schema, col)))
+        return output_kind(self.image_output, schema, col)
 
     def _added_columns(self, schema: knext.Schema, col: str) -> list[Any]:
         names = kt.column_names(schema)
@@ -308,10 +308,6 @@ class StarDistPredictor:
                 raise ValueError(f"Row '{rid}': {err}") from err
             results.append((cells.path_cell(target), objects))
         return results
-
-
-def _column(schema: knext.Schema, name: str) -> Any:
-    return next(c for c in schema if c.name == name)
 
 
 def _rows(df: pd.DataFrame, names: list[str]) -> Any:

@@ -39,10 +39,6 @@ def merger_columns(kind: str) -> list[Any]:
     ]
 
 
-def _is_png_column(schema: knext.Schema, name: str) -> bool:
-    return cells.is_png(next(c for c in schema if c.name == name))
-
-
 @knext.node(
     name="Image Tiler",
     node_type=knext.NodeType.MANIPULATOR,
@@ -82,7 +78,7 @@ class ImageTiler:
     def _check(self, schema: knext.Schema) -> tuple[str, str]:
         col = kt.pick_column(schema, self.image_column, "Image column", preferred=("image", "image_path"))
         self.image_column = col
-        return col, output_kind(self.image_output, _is_png_column(schema, col))
+        return col, output_kind(self.image_output, schema, col)
 
     def configure(self, config_context: knext.ConfigurationContext, schema: knext.Schema) -> knext.Schema:
         _, kind = self._check(schema)
@@ -161,14 +157,14 @@ class TileMerger:
 
     def configure(self, config_context: knext.ConfigurationContext, schema: knext.Schema) -> knext.Schema:
         _, labels = self._check(schema)
-        return knext.Schema.from_columns(merger_columns(output_kind(self.image_output, _is_png_column(schema, labels))))
+        return knext.Schema.from_columns(merger_columns(output_kind(self.image_output, schema, labels)))
 
     def execute(self, exec_context: knext.ExecutionContext, table: knext.Table) -> Any:
         from cellseg.tiling import Tile, merge_labels
 
         total = kt.require_rows(table, "tile table")
         source, labels_col = self._check(table.schema)
-        kind = output_kind(self.image_output, _is_png_column(table.schema, labels_col))
+        kind = output_kind(self.image_output, table.schema, labels_col)
         self._precheck(table, source, labels_col, exec_context)
         with CellSink(kind, self.image_output, "labels", exec_context) as sink:
             sink.check_targets([(key, key) for key in self._sources(table, source)])
