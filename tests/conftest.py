@@ -95,20 +95,11 @@ def tiny_learner(tiny_dataset):
     ``(node, ctx, (model_port_object, history_table, view), configured (spec, schema))``."""
     import knime.extension.testing as ktest
 
-    from cellseg_knime.learners import StarDistLearner
-    from knime_cells import image_df, table_of
+    from knime_cells import image_df, table_of, tiny_learner_node
 
     images, labels = tiny_dataset
     table = table_of(image_df(images, labels).drop(columns="name"))
-    node = StarDistLearner()
-    node.architecture.n_rays = 16
-    node.architecture.unet_n_depth = 2
-    node.architecture.unet_n_filter_base = 8
-    node.training.patch_size = 64
-    node.training.batch_size = 2
-    node.training.epochs = 2
-    node.training.steps_per_epoch = 1
-    node.advanced.optimize_thresholds = False
+    node = tiny_learner_node(epochs=2, steps_per_epoch=1)
     configured = node.configure(ktest.TestingConfigurationContext(), table.schema)
     ctx = RecordingExecutionContext.make()
     outputs = node.execute(ctx, table)

@@ -63,3 +63,19 @@ def same_schema(configured: knext.Schema, table: object) -> None:
 def batch_sizes(table: object) -> list[int]:
     """Rows of each batch a node appended to a BatchOutputTable."""
     return [b.num_rows for b in table.batches()]  # type: ignore[attr-defined]
+
+
+def tiny_learner_node(**training: int) -> object:
+    """A StarDist Learner node with a tiny network (16 rays, depth 2, 8 filters, 64-pixel patches)."""
+    from cellseg_knime.learners import StarDistLearner
+
+    node = StarDistLearner()
+    node.architecture.n_rays = 16
+    node.architecture.unet_n_depth = 2
+    node.architecture.unet_n_filter_base = 8
+    node.training.patch_size = 64
+    node.training.batch_size = 2
+    node.advanced.optimize_thresholds = False
+    for k, v in training.items():
+        setattr(node.training, k, v)
+    return node

@@ -13,13 +13,23 @@ from PIL import Image
 
 from cellseg.io import write_image
 from cellseg_knime import cells
-from cellseg_knime.learners import HISTORY_COLUMNS, StarDistLearner, StarDistRetrainer
+from cellseg_knime.learners import HISTORY_COLUMNS, StarDistRetrainer
 from cellseg_knime.ports import StarDistModelPortObject, StarDistModelSpec, summary_from_bundle
 from cellseg_knime.predictor import StarDistPredictor
 from cellseg_knime.scorer import StarDistScorer
 from cellseg_knime.sources import ImageReader, ModelReader, NucleiSimulator
 from cellseg_knime.writers import ModelWriter
-from knime_cells import KINDS, array, batch_sizes, column, image_df, png, same_schema, table_of
+from knime_cells import (
+    KINDS,
+    array,
+    batch_sizes,
+    column,
+    image_df,
+    png,
+    same_schema,
+    table_of,
+    tiny_learner_node,
+)
 
 CFG = ktest.TestingConfigurationContext
 
@@ -198,22 +208,9 @@ def test_learner_configure_and_execute(tiny_learner) -> None:
     assert any(m and "step 2/2" in m for _, m in ctx.progress)
 
 
-def _learner(**training: int) -> StarDistLearner:
-    node = StarDistLearner()
-    node.architecture.n_rays = 16
-    node.architecture.unet_n_depth = 2
-    node.architecture.unet_n_filter_base = 8
-    node.training.patch_size = 64
-    node.training.batch_size = 2
-    node.advanced.optimize_thresholds = False
-    for k, v in training.items():
-        setattr(node.training, k, v)
-    return node
-
-
 def test_learner_cancel_mid_training(tiny_dataset, knime_ctx) -> None:
     images, labels = tiny_dataset
-    node = _learner(epochs=5, steps_per_epoch=20)
+    node = tiny_learner_node(epochs=5, steps_per_epoch=20)
     ctx = knime_ctx.make(cancel_after=5)  # 3 reading steps + model + 1 training step
     with pytest.raises(RuntimeError, match="canceled"):
         node.execute(ctx, table_of(image_df(images, labels)))
@@ -222,7 +219,7 @@ def test_learner_cancel_mid_training(tiny_dataset, knime_ctx) -> None:
 
 def test_learner_bad_input(tiny_dataset, knime_ctx) -> None:
     images, labels = tiny_dataset
-    node = _learner()
+    node = tiny_learner_node()
     good = image_df(images, labels)
     with pytest.raises(knext.InvalidParametersError, match="no PNG image, Path or string"):
         node.configure(CFG(), knext.Schema.from_columns([knext.Column(knext.int64(), "x")]))
