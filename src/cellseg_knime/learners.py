@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from typing import Any
 
 import knime.extension as knext
@@ -152,7 +151,7 @@ class AdvancedSettings:
 
 
 def _train_config(training: Any, augmentation: Any, advanced: Any, **extra: Any) -> Any:
-    """A TrainConfig from the node settings (fields the backend lacks are left out)."""
+    """A TrainConfig from the node settings; the backend's config checks every value (and refuses unknown ones)."""
     from cellseg.training import TrainConfig
 
     values = {
@@ -168,9 +167,8 @@ def _train_config(training: Any, augmentation: Any, advanced: Any, **extra: Any)
         "reduce_lr": advanced.reduce_lr,
         **extra,
     }
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in values.items() if k in known})
     try:
+        config = TrainConfig(**values)
         config.validate()
     except InputError as err:
         raise knext.InvalidParametersError(str(err)) from err
