@@ -20,9 +20,10 @@ from typing import Any
 from stardist.models import StarDist2D
 
 from cellseg.errors import InputError, ModelLoadError
-from cellseg.models import BACKBONES
+from cellseg.models import BACKBONE_CHECKS, BACKBONE_OPTIONS, BACKBONES
 
-__all__ = ["IMAGENET_ENV", "IMAGENET_FILE", "ResNet50StarDist2D", "ResUNetStarDist2D", "find_imagenet_weights"]
+__all__ = ["IMAGENET_ENV", "IMAGENET_FILE", "ResNet50StarDist2D", "ResUNetStarDist2D", "check_resnet50",
+           "find_imagenet_weights"]
 
 #: keras-applications' ResNet50 ImageNet weights without the classification top.
 IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -113,6 +114,8 @@ class _BackboneMixin:
 
     def apply_backbone_options(self, options: dict[str, Any]) -> None:
         """Apply ``ModelConfig.backbone_options`` to a freshly built model (none by default)."""
+        if not isinstance(options, dict):
+            raise InputError(f"backbone_options={options!r} must be a dict, not {type(options).__name__}")
         unknown = set(options) - set(self._options)
         if unknown:
             raise InputError(f"unknown backbone option(s) {sorted(unknown)}; known: {sorted(self._options)}")
@@ -172,9 +175,7 @@ class ResNet50StarDist2D(_BackboneMixin, StarDist2D):
 
         c = self.config
         g, depth, f0 = int(max(c.grid)), int(c.unet_n_depth), int(c.unet_n_filter_base)
-        if tuple(c.grid) != (g, g) or g * 2**depth > 32:
-            raise InputError(f"backbone resnet50 needs a square grid and grid * 2**unet_n_depth <= 32, "
-                             f"got grid {tuple(c.grid)} and unet_n_depth {depth}")
+        check_resnet50(c)
         inp = keras.Input(c.net_input_shape, name="input")
         channels = int(c.n_channel_in)
         if channels == 1:
@@ -207,5 +208,17 @@ class ResNet50StarDist2D(_BackboneMixin, StarDist2D):
                                      f"keras-applications' {IMAGENET_FILE}") from err
 
 
+def check_resnet50(config: Any) -> None:
+    """:class:`InputError` unless the ResNet50 encoder can be cut at ``grid * 2**unet_n_depth`` (a
+    :class:`~cellseg.models.ModelConfig` or stardist ``Config2D``)."""
+    grid, depth = tuple(int(g) for g in config.grid), int(config.unet_n_depth)
+    if grid[0] != grid[1] or grid[0] * 2**depth > 32:
+        raise InputError(f"backbone resnet50 needs a square grid and grid * 2**unet_n_depth <= 32, "
+                         f"got grid {grid} and unet_n_depth {depth}")
+
+
 BACKBONES["resunet"] = lambda: ResUNetStarDist2D
 BACKBONES["resnet50"] = lambda: ResNet50StarDist2D
+BACKBONE_OPTIONS["resunet"] = ResUNetStarDist2D._options
+BACKBONE_OPTIONS["resnet50"] = ResNet50StarDist2D._options
+BACKBONE_CHECKS["resnet50"] = check_resnet50

@@ -7,19 +7,24 @@ print one line (``cellseg: error: ...``) and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib
+import importlib.abc
+import importlib.machinery
 import json
 import logging
+import math
 import os
+import re
 import signal
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from cellseg.errors import CancelledError, CellsegError
 
@@ -34,7 +39,68 @@ DELEGATED_COMMANDS = {
 }
 
 
+#: Start-up lines TensorFlow's C++ code writes to stderr when it is imported: absl's notice and info/warning
+#: records such as "I0000 00:00:... port.cc:153] oneDNN custom operations are on" (not errors).
+_TF_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
+                       r"|[IW]\d{4} [\d:.]+ +\d+ \S+:\d+\] )")
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Imports ``tensorflow`` with file descriptor 2 sent to a temporary file, then writes back every line
+    but TensorFlow's start-up notices (:data:`_TF_NOISE`), which ``TF_CPP_MIN_LOG_LEVEL`` no longer
+    silences and which would break the one-line errors and warnings of the command line."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != "tensorflow":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return spec
+        real = spec.loader
+
+        class Loader(importlib.abc.Loader):
+            def create_module(self, spec: Any) -> Any:
+                return real.create_module(spec)
+
+            def exec_module(self, module: Any) -> None:
+                with _filtered_stderr_fd():
+                    real.exec_module(module)
+
+        spec.loader = Loader()
+        return spec
+
+
+@contextlib.contextmanager
+def _filtered_stderr_fd() -> Iterator[None]:
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [line for line in tmp.read().decode(errors="replace").splitlines(keepends=True)
+                    if not _TF_NOISE.match(line)]
+            if kept:
+                os.write(2, "".join(kept).encode())
+
+
 def _quiet_tensorflow() -> None:
+    # TensorFlow's C++ start-up messages (oneDNN, absl) would add lines to the one-line errors
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
     warnings.filterwarnings("ignore")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
@@ -43,6 +109,28 @@ def _quiet_tensorflow() -> None:
         absl.logging.set_verbosity(absl.logging.ERROR)
     except ImportError:
         pass
+
+
+@contextlib.contextmanager
+def show_input_warnings(prog: str = "cellseg") -> Iterator[None]:
+    """Print :class:`cellseg.io.InputWarning` s as ``<prog>: warning: <message>`` on stderr, each finding once
+    (the same mask checked twice, by path and by name, is reported once); other warnings stay silent."""
+    from cellseg.io import InputWarning
+
+    seen: set = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if not issubclass(category, InputWarning):
+            return
+        key = getattr(message, "key", str(message))
+        if key not in seen:
+            seen.add(key)
+            print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("always", category=InputWarning)
+        warnings.showwarning = show
+        yield
 
 
 class ProgressBar:
@@ -73,13 +161,97 @@ class ProgressBar:
 
 # -- argument helpers -----------------------------------------------------------------------------
 
-def _pair(text: str) -> tuple[int, int]:
-    parts = [int(p) for p in text.replace("x", ",").split(",") if p]
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2:
-        raise argparse.ArgumentTypeError(f"expected N or N,M, got {text!r}")
-    return parts[0], parts[1]
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the one-line errors of the error contract: ``cellseg: error: <message> (see 'cellseg
+    train --help')`` and exit status 2, instead of the usage block. Subcommand parsers inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        root = self.prog.split()[0]
+        self.exit(2, f"{root}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _bounds_text(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{'>' if lo_open else '>='} {lo}"
+    return f"{'<' if hi_open else '<='} {hi}"
+
+
+def int_arg(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type`` for integers in ``[lo, hi]``: anything else is refused naming the flag."""
+    bounds = "" if lo is None and hi is None else " " + (
+        f"from {lo} to {hi}" if lo is not None and hi is not None else _bounds_text(lo, hi, False, False))
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer{bounds}, got {text!r}") from None
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"expected an integer{bounds}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_arg(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+              hi_open: bool = False) -> Callable[[str], float]:
+    """An argparse ``type`` for finite numbers in a range (``lo_open``/``hi_open`` exclude the bound)."""
+    bounds = "" if lo is None and hi is None else " " + _bounds_text(lo, hi, lo_open, hi_open)
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number{bounds}, got {text!r}") from None
+        bad = (not math.isfinite(value) or (lo is not None and (value <= lo if lo_open else value < lo))
+               or (hi is not None and (value >= hi if hi_open else value > hi)))
+        if bad:
+            raise argparse.ArgumentTypeError(f"expected a number{bounds}, got {text.strip()}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def int_list_arg(lo: int | None = None, hi: int | None = None) -> Callable[[str], list[int]]:
+    """An argparse ``type`` for a comma-separated list of integers in ``[lo, hi]`` (at least one)."""
+    one = int_arg(lo, hi)
+
+    def parse(text: str) -> list[int]:
+        values = [one(v) for v in text.split(",") if v.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of integers, got {text!r}")
+        return values
+
+    parse.__name__ = "list of integers"
+    return parse
+
+
+def pair_arg(lo: int = 1, allowed: Sequence[int] | None = None) -> Callable[[str], tuple[int, int]]:
+    """An argparse ``type`` for ``N`` or ``N,M`` (also ``NxM``): integers >= ``lo`` (or in ``allowed``)."""
+    what = f"one of {', '.join(map(str, allowed))}" if allowed else f"integers >= {lo}"
+
+    def parse(text: str) -> tuple[int, int]:
+        try:
+            parts = [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected N or N,M with {what}, got {text!r}") from None
+        if len(parts) == 1:
+            parts = parts * 2
+        if len(parts) != 2 or any(p < lo for p in parts) or (allowed and any(p not in allowed for p in parts)):
+            raise argparse.ArgumentTypeError(f"expected N or N,M with {what}, got {text!r}")
+        return parts[0], parts[1]
+
+    parse.__name__ = "pair"
+    return parse
+
+
+#: Seeds everywhere: what NumPy and TensorFlow accept.
+SEED = int_arg(0, 2**32 - 1)
+_pair = pair_arg(1)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -87,36 +259,36 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backbone", default="unet",
                    help="unet (default), resunet, resnet50, or resnet50+imagenet (ImageNet encoder weights "
                         "from ~/.keras/models/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5)")
-    g.add_argument("--n-rays", type=int, default=32, help="polygon rays per object (default 32)")
-    g.add_argument("--grid", type=_pair, default=(2, 2), help="output subsampling, e.g. 2 or 2,2 (default 2)")
-    g.add_argument("--depth", type=int, default=3, help="U-Net depth (default 3)")
-    g.add_argument("--filters", type=int, default=32, help="U-Net base filters (default 32)")
+    g.add_argument("--n-rays", type=int_arg(3, 1024), default=32, help="polygon rays per object (default 32)")
+    g.add_argument("--grid", type=pair_arg(allowed=(1, 2, 4, 8)), default=(2, 2), help="output subsampling, e.g. 2 or 2,2 (default 2)")
+    g.add_argument("--depth", type=int_arg(1, 6), default=3, help="U-Net depth (default 3)")
+    g.add_argument("--filters", type=int_arg(1, 4096), default=32, help="U-Net base filters (default 32)")
 
 
 def _add_train_args(p: argparse.ArgumentParser, retraining: bool = False) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=10 if not retraining else 5, help="epochs")
-    g.add_argument("--steps-per-epoch", type=int, default=50 if not retraining else 20, help="steps per epoch")
-    g.add_argument("--learning-rate", type=float, default=None,
+    g.add_argument("--epochs", type=int_arg(1), default=10 if not retraining else 5, help="epochs")
+    g.add_argument("--steps-per-epoch", type=int_arg(1), default=50 if not retraining else 20, help="steps per epoch")
+    g.add_argument("--learning-rate", type=float_arg(0, 1, lo_open=True, hi_open=True), default=None,
                    help="Adam learning rate (default: the model's, 3e-4)")
-    g.add_argument("--batch-size", type=int, default=None, help="patches per step (default 4)")
+    g.add_argument("--batch-size", type=int_arg(1), default=None, help="patches per step (default 4)")
     g.add_argument("--patch-size", type=_pair, default=None, help="training patch size, e.g. 128 (default 128)")
     g.add_argument("--no-augment", action="store_true", help="turn off augmentation")
-    g.add_argument("--val-fraction", type=float, default=0.15, help="share of images held back (default 0.15)")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--val-fraction", type=float_arg(0, 1, hi_open=True), default=0.15, help="share of images held back (default 0.15)")
+    g.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
     g.add_argument("--no-optimize-thresholds", action="store_true", help="keep the default thresholds")
     g.add_argument("--label-components", action="store_true",
                    help="treat binary masks as foreground and label their connected components")
     if retraining:
         g.add_argument("--freeze-encoder", action="store_true", help="keep the encoder's weights fixed")
-        g.add_argument("--freeze-encoder-epochs", type=int, default=0,
+        g.add_argument("--freeze-encoder-epochs", type=int_arg(0), default=0,
                        help="freeze the encoder for the first K epochs, then train all layers (default 0)")
-        g.add_argument("--encoder-lr-factor", type=float, default=1.0,
+        g.add_argument("--encoder-lr-factor", type=float_arg(0, 1), default=1.0,
                        help="encoder learning rate = learning rate x this (default 1)")
         g.add_argument("--reinit-heads", action="store_true", help="re-initialise the output heads first")
         g.add_argument("--mix-images", help="folder of pretraining-domain images to mix in")
         g.add_argument("--mix-masks", help="their masks (same file names)")
-        g.add_argument("--mix-fraction", type=float, default=0.25,
+        g.add_argument("--mix-fraction", type=float_arg(0, 1, lo_open=True, hi_open=True), default=0.25,
                        help="share of training patches from --mix-images (default 0.25)")
 
 
@@ -139,13 +311,14 @@ def _train_config(args: argparse.Namespace):
 # -- commands -------------------------------------------------------------------------------------
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    """Simulate straight into --out, one image in memory at a time; arguments, output location (nothing is
+    overwritten) and memory are checked before the first image is made, and the set arrives all at once."""
     from cellseg import simulate
 
     with ProgressBar("simulating", disable=args.quiet) as bar:
-        images, labels = simulate.simulate_dataset(args.n, size=args.size, preset=args.preset, seed=args.seed,
-                                                   progress=bar)
-    img_dir, mask_dir = simulate.write_dataset(args.out, images, labels, prefix=args.prefix)
-    print(f"wrote {len(images)} images to {img_dir} and their masks to {mask_dir}")
+        img_dir, mask_dir = simulate.simulate_to_folder(args.out, args.n, size=args.size, preset=args.preset,
+                                                        seed=args.seed, prefix=args.prefix, progress=bar)
+    print(f"wrote {args.n} images to {img_dir} and their masks to {mask_dir}")
     return 0
 
 
@@ -176,7 +349,7 @@ def _check_training_outputs(args: argparse.Namespace) -> None:
               "--mix-masks folder": getattr(args, "mix_masks", None)}
     cio.check_outside_inputs(args.out, "model output", inputs)
     check_model_target(args.out, args.overwrite)
-    if args.history:
+    if args.history is not None:  # "" is an error, not "no history"
         cio.check_output_file(args.history, "history file", inputs=inputs)
         cio.check_distinct_outputs({"model output": args.out, "history file": args.history})
 
@@ -228,7 +401,7 @@ def _save_trained(result, args: argparse.Namespace) -> int:
     from cellseg import io as cio
 
     result.model.save(args.out, overwrite=args.overwrite)
-    if args.history:
+    if args.history is not None:
         cio.write_bytes_atomic(args.history, result.history.to_csv(index=False).encode())
     _report_training(result, Path(args.out))
     return 0
@@ -314,16 +487,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     inputs = {"predictions folder": args.pred, "masks folder": args.masks}
     for what, path in (("--json file", args.json), ("--csv file", args.csv)):
-        if path:
+        if path is not None:  # "" is an error, not "no report"
             cio.check_output_file(path, what, inputs=inputs)
     cio.check_distinct_outputs({"--json file": args.json, "--csv file": args.csv})
     pred_paths = cio.by_stem(cio.list_images(args.pred), args.pred)
-    names, gts = cio.load_images(args.masks)
+    mask_paths = cio.by_stem(cio.list_images(args.masks), args.masks)
+    names = list(mask_paths)
     missing = [n for n in names if n not in pred_paths]
     if missing:
         raise CellsegError(f"no prediction in {args.pred} for mask(s) {missing[:5]}")
-    gts = [cio.check_mask(g, n, label_components=args.label_components) for n, g in zip(names, gts)]
-    preds = [cio.check_mask(cio.read_image(pred_paths[n]), str(pred_paths[n])) for n in names]
+    gts = [cio.check_mask(cio.read_mask(mask_paths[n]), str(mask_paths[n]), label_components=args.label_components)
+           for n in names]
+    cio.check_annotations(gts, str(args.masks), "to score against")
+    # predictions are not annotations: an object cut by a later, overlapping one is no warning
+    preds = [cio.check_mask(cio.read_mask(pred_paths[n]), str(pred_paths[n]), annotation=False) for n in names]
     per_image, summary = metrics.score_dataset(gts, preds, names=names)
     cols = ["iou_threshold", "tp", "fp", "fn", "precision", "recall", "f1", "accuracy", "panoptic_quality"]
     print(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -347,17 +524,19 @@ def cmd_info(args: argparse.Namespace) -> int:
 # -- parser ---------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cellseg", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="cellseg", description=__doc__.splitlines()[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("simulate", help="simulate fluorescence nuclei images with instance masks")
-    p.add_argument("--out", required=True, help="output folder (gets images/ and masks/)")
-    p.add_argument("--n", type=int, default=32, help="number of images (default 32)")
-    p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    p.add_argument("--out", required=True,
+                   help="output folder (gets images/ and masks/; existing files there are never overwritten)")
+    p.add_argument("--n", type=int_arg(1), default=32, help="number of images (default 32)")
+    p.add_argument("--size", type=int_arg(16), default=256, help="image side in pixels (default 256)")
     p.add_argument("--preset", default="low_noise", help="low_noise, high_noise, granulocyte_*, mixed")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--prefix", default="sim", help="file name prefix")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
+    p.add_argument("--prefix", default="sim",
+                   help="file name prefix: a plain name, files are <prefix>_0000.tif (default sim)")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("train", help="train a StarDist model from scratch")
@@ -389,13 +568,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder: new or empty, outside --images (written all at once at the end)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier prediction in --out (a folder holding only label TIFFs and objects.csv)")
-    p.add_argument("--prob-thresh", type=float, default=None, help="default: the model's")
-    p.add_argument("--nms-thresh", type=float, default=None, help="default: the model's")
+    p.add_argument("--prob-thresh", type=float_arg(0, 1), default=None, help="default: the model's")
+    p.add_argument("--nms-thresh", type=float_arg(0, 1), default=None, help="default: the model's")
     p.add_argument("--n-tiles", type=_pair, default=None, help="tiles per axis for the network, e.g. 2,2")
     p.add_argument("--tiled", choices=("auto", "always", "never"), default="auto",
                    help="stream large images tile by tile (auto: above --tiled-above pixels)")
-    p.add_argument("--tiled-above", type=int, default=4096 * 4096, help="pixel count for auto tiling")
-    p.add_argument("--tile-size", type=int, default=1024,
+    p.add_argument("--tiled-above", type=int_arg(0), default=4096 * 4096, help="pixel count for auto tiling")
+    p.add_argument("--tile-size", type=int_arg(1), default=1024,
                    help="largest tile core side for streaming; the network sees at most this + 2 x overlap "
                    "(default 1024)")
     p.set_defaults(func=cmd_predict)
@@ -451,7 +630,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
-        return int(args.func(args) or 0)
+        with show_input_warnings():
+            return int(args.func(args) or 0)
     except CancelledError as err:
         print(f"cellseg: cancelled: {err}", file=sys.stderr)
         return 130

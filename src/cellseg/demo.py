@@ -50,7 +50,7 @@ def run_demo(out: str | Path = "cellseg-demo", *, n_sim: int = 48, pretrain_step
     log(f"[1/5] simulating {n_sim} images (mixed presets) and pretraining a small model "
         f"for {pretrain_steps} steps")
     sim_images, sim_masks = simulate.simulate_dataset(n_sim, size=256, preset="mixed", seed=seed)
-    simulate.write_dataset(out / "data" / "simulated", sim_images[:8], sim_masks[:8])
+    simulate.write_dataset(out / "data" / "simulated", sim_images[:8], sim_masks[:8], overwrite=True)  # its own
     epochs = 6
     tc = TrainConfig(epochs=epochs, steps_per_epoch=max(1, pretrain_steps // epochs), seed=seed)
     with bar("pretraining") as b:
@@ -178,14 +178,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def register_cli(sub: Any) -> None:
+    from cellseg.cli import SEED, int_arg
+
     p = sub.add_parser("demo", help="end-to-end demo: pretrain on simulated data, retrain on 4 real images")
     p.add_argument("--out", default="cellseg-demo", help="output folder (default ./cellseg-demo)")
-    p.add_argument("--n-sim", type=int, default=48, help="simulated images for pretraining")
-    p.add_argument("--pretrain-steps", type=int, default=600)
-    p.add_argument("--retrain-steps", type=int, default=150)
-    p.add_argument("--n-train", type=int, default=4, help="real images to retrain on")
-    p.add_argument("--n-test", type=int, default=16, help="held-back real images to score")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-sim", type=int_arg(1), default=48, help="simulated images for pretraining (default 48)")
+    p.add_argument("--pretrain-steps", type=int_arg(1), default=600, help="pretraining steps (default 600)")
+    p.add_argument("--retrain-steps", type=int_arg(1), default=150, help="retraining steps (default 150)")
+    p.add_argument("--n-train", type=int_arg(1), default=4, help="real images to retrain on (default 4)")
+    p.add_argument("--n-test", type=int_arg(1), default=16, help="held-back real images to score (default 16)")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
     p.set_defaults(func=_cmd_demo)
-
-

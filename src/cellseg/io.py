@@ -13,10 +13,13 @@ import ctypes
 import errno
 import functools
 import io as _io
+import logging
 import os
 import shutil
 import sys
 import tempfile
+import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -28,9 +31,12 @@ from cellseg.errors import InputError
 
 __all__ = [
     "SUPPORTED_SUFFIXES",
+    "InputWarning",
     "atomic_folder",
     "atomic_path",
     "by_stem",
+    "available_memory",
+    "check_annotations",
     "check_image",
     "check_distinct_outputs",
     "check_mask",
@@ -39,6 +45,7 @@ __all__ = [
     "check_outside_inputs",
     "check_writable_location",
     "decode_tiff",
+    "format_bytes",
     "encode_png",
     "encode_tiff",
     "list_images",
@@ -47,6 +54,7 @@ __all__ = [
     "normalize",
     "overlay",
     "read_image",
+    "read_mask",
     "write_bytes_atomic",
     "write_image",
 ]
@@ -61,6 +69,23 @@ _TIFF_SUFFIXES = (".tif", ".tiff")
 _PNG_SUFFIXES = (".png",)
 #: Most channels an image may have (more than this is likely a Z stack or a time series).
 MAX_CHANNELS = 16
+#: Most pages of a TIFF without axes metadata that are read as channels (more: a Z stack or time series).
+MAX_UNLABELLED_PAGES = 4
+
+
+class InputWarning(UserWarning):
+    """Data that may be right but looks wrong (a label made of separate pieces, TIFF pages that may be Z
+    slices); the message names the file. ``key`` identifies the finding independently of the name, so that a
+    caller that sees one file twice (the CLI checks masks when reading and again when training) reports it
+    once. The command line prints these as ``cellseg: warning: ...``."""
+
+    def __init__(self, message: str, key: object = None) -> None:
+        super().__init__(message)
+        self.key = key if key is not None else message
+
+
+def _warn(message: str, key: object = None) -> None:
+    warnings.warn(InputWarning(message, key), stacklevel=3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -81,6 +106,108 @@ def _to_yxc(arr: np.ndarray, name: str, squeeze: bool = True) -> np.ndarray:
     if arr.ndim not in (2, 3):
         raise InputError(f"{name}: image has shape {arr.shape}; expected 2D YX or YXC (Z stacks and time series are not supported)")
     return np.ascontiguousarray(arr)
+
+
+#: tifffile's axis codes of stacks named by ImageJ/OME/other metadata, and how to call one plane.
+_NAMED_STACKS = {"Z": ("Z stack", "slices", "slice"), "T": ("time series", "time points", "time point")}
+
+
+def _tiff_layout(arr: np.ndarray, axes: str, name: str, squeeze: bool = True) -> np.ndarray:
+    """``YX``/``YXC`` from a TIFF series and its tifffile axes (``ZYX``, ``CYX``, ``YXS``, ``IYX``, ...).
+
+    The axes say what the planes of a stack are: ImageJ/OME channels (``C``) and samples (``S``, e.g. RGB)
+    become the channel axis; Z slices and time points (``Z``, ``T``) are refused, naming them, because
+    cellseg segments 2D images. Pages without such metadata (``I``, ``Q``) are ambiguous: up to
+    :data:`MAX_UNLABELLED_PAGES` are read as channels with an :class:`InputWarning`, more are refused.
+    """
+    if len(axes) != arr.ndim or "Y" not in axes or "X" not in axes or len(set(axes)) != len(axes):
+        return _to_yxc(arr, name, squeeze)
+    keep = [i for i, (a, n) in enumerate(zip(axes, arr.shape)) if n > 1 or a in "YX"]
+    if not squeeze and not any(axes[i] in "CS" for i in keep):  # keep a singleton channel axis (YX1)
+        keep = sorted([*keep, *[i for i, a in enumerate(axes) if a in "CS"][:1]])
+    arr = arr.reshape([arr.shape[i] for i in keep])
+    axes = "".join(axes[i] for i in keep)
+    shape = "x".join(str(n) for n in arr.shape)
+    stacks = [(a, n) for a, n in zip(axes, arr.shape) if a not in "YXCS" and n > 1]
+    channels = [(a, n) for a, n in zip(axes, arr.shape) if a in "CS" and n > 1]
+    named = [(a, n) for a, n in stacks if a in _NAMED_STACKS]
+    if named:
+        a, n = named[0]
+        kind, planes, plane = _NAMED_STACKS[a]
+        extra = "".join(f", {m} {_NAMED_STACKS[b][1] if b in _NAMED_STACKS else 'planes'} ({b})"
+                        for b, m in stacks if b != a)
+        chan = f", {channels[0][1]} channels" if channels else ""
+        raise InputError(f"{name}: a {kind} of {n} {planes}{extra}{chan} (axes {axes}, shape {shape}), not a 2D "
+                         f"image; cellseg segments 2D images: save one {plane} or a projection as its own file")
+    if stacks:
+        a, n = stacks[0]
+        if len(stacks) == 1 and not channels and n <= MAX_UNLABELLED_PAGES:
+            _warn(f"{name}: {n} pages without metadata that says whether they are channels or Z slices; read "
+                  f"as {n} channels (save with ImageJ or OME channel metadata to be sure)",
+                  ("pages", name, arr.shape))
+            axes = axes.replace(a, "C")
+            channels = [("C", n)]
+        else:
+            total = int(np.prod([m for _, m in stacks]))
+            raise InputError(f"{name}: a stack of {total} pages (axes {axes}, shape {shape}) without metadata "
+                             "that says they are channels; cellseg segments 2D images (a Z stack or time series "
+                             "needs one plane or a projection saved as its own file)")
+    if len(channels) > 1:
+        raise InputError(f"{name}: image has {channels[0][1]} channels of {channels[1][1]} samples each (axes "
+                         f"{axes}, shape {shape}); expected 2D YX or YXC")
+    order = [axes.index("Y"), axes.index("X")] + [i for i, a in enumerate(axes) if a not in "YX"]
+    return np.ascontiguousarray(arr.transpose(order))
+
+
+class _TiffLog(logging.Filter):
+    """Holds back tifffile's log messages (e.g. "invalid offset to first page") while a file is read, so
+    that they end up in the one-line error instead of on stderr; other threads are not affected."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        caught = getattr(self.local, "caught", None)
+        if caught is None:
+            return True
+        caught.append(record.getMessage())
+        return False
+
+
+_tiff_log = _TiffLog()
+logging.getLogger("tifffile").addFilter(_tiff_log)
+
+
+def _log_text(messages: list[str]) -> str:
+    """``": msg; msg"`` of tifffile's log messages without their object prefix (``<tifffile.TiffPages @8>``)."""
+    text = "; ".join(dict.fromkeys(m.split("> ", 1)[-1] if m.startswith("<") else m for m in messages))
+    return f": {text}" if text else ""
+
+
+def _corrupt(name: str, detail: str) -> InputError:
+    return InputError(f"{name}: cannot read image, the file is truncated or corrupt ({detail})")
+
+
+def _read_tiff(source: str | os.PathLike | _io.BytesIO, name: str, squeeze: bool = True) -> np.ndarray:
+    """Read the first series of a TIFF with its axes (see :func:`_tiff_layout`); corrupt files -> InputError."""
+    _tiff_log.local.caught = caught = []
+    try:
+        with tifffile.TiffFile(source) as tif:
+            series = tif.series[0] if tif.series else None
+            if series is None:
+                raise _corrupt(name, "no image in the file" + _log_text(caught))
+            axes = series.axes
+            arr = np.asarray(series.asarray())
+    except InputError:
+        raise
+    except Exception as exc:  # tifffile/zlib raise many types for broken files
+        raise _corrupt(name, f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        _tiff_log.local.caught = None
+    if arr.size == 0:
+        raise _corrupt(name, "no image data" + _log_text(caught))
+    return _tiff_layout(arr, axes, name, squeeze)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -107,12 +234,23 @@ def _read_pillow(path: Path) -> np.ndarray:
     return np.array(arr)
 
 
+def _has_partial_alpha(path: Path) -> bool:
+    """Is `path` a PNG whose alpha channel is kept as a channel (not fully opaque)?"""
+    if path.suffix.lower() not in _PNG_SUFFIXES:
+        return False
+    with contextlib.suppress(Exception), Image.open(path) as im:
+        return im.mode in ("RGBA", "LA")
+    return False
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as a ``YX`` or ``YXC`` numpy array.
 
-    TIFFs are read with tifffile (any dtype), PNG/JPEG with Pillow. Singleton axes are squeezed, a
-    ``CYX`` array with ``C <= 4`` is moved to ``YXC`` and an all-opaque alpha channel of an RGBA PNG is
-    dropped, so that callers always see the same layout.
+    TIFFs are read with tifffile (any dtype), PNG/JPEG with Pillow. Singleton axes are squeezed, the
+    channels of a TIFF (ImageJ/OME ``C`` axis, samples such as RGB) are moved last and an all-opaque alpha
+    channel of an RGBA PNG is dropped, so that callers always see the same layout. TIFF Z stacks and time
+    series (ImageJ/OME metadata) are refused; up to 4 TIFF pages without such metadata are read as channels
+    with an :class:`InputWarning`.
 
     Parameters
     ----------
@@ -127,7 +265,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     Raises
     ------
     InputError
-        If the file is missing, has an unsupported suffix, or is truncated or corrupt.
+        If the file is missing, has an unsupported suffix, is truncated or corrupt, or is a Z stack or
+        time series.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -135,14 +274,25 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"{path}: unsupported image type '{path.suffix}' (supported: {', '.join(SUPPORTED_SUFFIXES)})")
     if not path.is_file():
         raise InputError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
+    if suffix in _TIFF_SUFFIXES:
+        return _read_tiff(path, str(path))
     try:
-        arr = tifffile.imread(path) if suffix in _TIFF_SUFFIXES else _read_pillow(path)
-    except Exception as exc:  # tifffile/Pillow/zlib raise many types for broken files
-        raise InputError(f"{path}: cannot read image, the file is truncated or corrupt ({type(exc).__name__}: {exc})") from exc
-    arr = np.asarray(arr)
+        arr = np.asarray(_read_pillow(path))
+    except Exception as exc:  # Pillow/zlib raise many types for broken files
+        raise _corrupt(str(path), f"{type(exc).__name__}: {exc}") from exc
     if arr.size == 0:
         raise InputError(f"{path}: image is empty (shape {arr.shape})")
     return _to_yxc(arr, str(path))
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a label mask file (see :func:`read_image`); JPEG is refused, because its lossy compression
+    changes pixel values, so that label ids cannot be stored exactly."""
+    path = Path(path)
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        raise InputError(f"{path}: a JPEG mask; JPEG compression is lossy and cannot store label ids exactly "
+                         "(object borders get stray values): save the masks as PNG or TIFF")
+    return read_image(path)
 
 
 def _tiff_kwargs(arr: np.ndarray) -> dict:
@@ -196,14 +346,7 @@ def decode_tiff(data: bytes, name: str = "image") -> np.ndarray:
     """
     if data is None or len(data) == 0:
         raise InputError(f"{name}: TIFF data is empty")
-    try:
-        arr = tifffile.imread(_io.BytesIO(bytes(data)))
-    except Exception as exc:
-        raise InputError(f"{name}: cannot decode TIFF, the data is truncated or corrupt ({type(exc).__name__}: {exc})") from exc
-    arr = np.asarray(arr)
-    if arr.size == 0:
-        raise InputError(f"{name}: TIFF image is empty (shape {arr.shape})")
-    return _to_yxc(arr, name, squeeze=False)
+    return _read_tiff(_io.BytesIO(bytes(data)), name, squeeze=False)
 
 
 def encode_png(array: np.ndarray) -> bytes:
@@ -326,19 +469,55 @@ def check_writable_location(path: str | os.PathLike, what: str = "output") -> Pa
     creating and removing a hidden probe file, which also catches read-only file systems). Missing
     folders on the way are not created here. Returns `path` as a :class:`~pathlib.Path`.
     """
-    path = Path(path)
-    if not str(path).strip():
+    if not str(path).strip():  # before Path(), which makes "" the current folder "."
         raise InputError(f"{what}: the path is empty")
+    path = Path(path)
     base = _nearest_existing(Path(os.path.abspath(path)).parent)
     if not base.is_dir():
         raise InputError(f"cannot write {what} {path}: {base} is a file, not a folder")
     try:
         fd, probe = tempfile.mkstemp(prefix=".cellseg-probe-", dir=base)
     except OSError as exc:
-        raise InputError(f"cannot write {what} {path}: folder {base} is not writable ({exc.strerror or exc})") from exc
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise InputError(f"cannot write {what} {path}: folder {base} is not writable "
+                             f"({exc.strerror or exc})") from exc
+        raise InputError(f"cannot write {what} {path}: cannot create files in {base} ({exc.strerror or exc})") from exc
     os.close(fd)
     os.unlink(probe)
     return path
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still allocate without swapping, as far as the system tells:
+    ``MemAvailable`` of ``/proc/meminfo`` (else free pages from :func:`os.sysconf`), lowered to what a
+    cgroup memory limit leaves. None when unknown."""
+    avail = None
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    if avail is None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        with contextlib.suppress(OSError, ValueError):
+            limit = int(Path(limit_file).read_text().strip())  # "max" (no limit) raises ValueError
+            if limit < 1 << 60:
+                left = max(limit - int(Path(usage_file).read_text().strip()), 0)
+                avail = left if avail is None else min(avail, left)
+            break
+    return avail
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in human units (``1.5 GiB``)."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def _overlap(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]) -> tuple[str, str, Path] | None:
@@ -361,6 +540,8 @@ def check_outside_inputs(path: str | os.PathLike, what: str,
                          inputs: dict[str, str | os.PathLike | None]) -> Path:
     """Raise :class:`InputError` (naming both) if the output `path` is, contains or lies inside one of
     `inputs` (description -> path, e.g. ``{"images folder": "raw"}``); return `path` as a Path."""
+    if not str(path).strip():  # before Path(), which makes "" the current folder "."
+        raise InputError(f"{what}: the path is empty")
     path = Path(path)
     hit = _overlap(path, inputs)
     if hit is not None:
@@ -407,9 +588,9 @@ def check_output_file(path: str | os.PathLike, what: str = "output file", *,
     be overwritten); a location that cannot be written. An existing unrelated file is replaced (reports are
     written atomically, see :func:`atomic_path`).
     """
-    path = Path(path)
-    if not str(path).strip():
+    if not str(path).strip():  # before Path(), which makes "" the current folder "."
         raise InputError(f"{what}: the path is empty")
+    path = Path(path)
     if os.path.isdir(path):
         raise InputError(f"{what} {path} is a folder; give a file name")
     if os.path.lexists(path):
@@ -594,8 +775,9 @@ def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
         raise InputError(f"{name}: image has shape {arr.shape}; expected 2D YX or YXC")
     if arr.ndim == 3 and arr.shape[-1] > MAX_CHANNELS:
         raise InputError(
-            f"{name}: image has shape {arr.shape}, i.e. {arr.shape[-1]} channels (max {MAX_CHANNELS}); expected YX or YXC"
-        )
+            f"{name}: image has shape {arr.shape}: {arr.shape[-1]} channels (max {MAX_CHANNELS}) if channels are "
+            f"last, or a stack of {arr.shape[0]} planes of {arr.shape[1]}x{arr.shape[2]} (Z slices or time "
+            "points?); cellseg segments 2D YX or YXC images: pass one plane or a projection")
     if np.issubdtype(arr.dtype, np.floating):
         bad = ~np.isfinite(arr)
         if bad.any():
@@ -604,7 +786,112 @@ def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
     return arr
 
 
-def check_mask(mask: np.ndarray, name: str = "mask", label_components: bool = False) -> np.ndarray:
+#: Share of touching foreground pixel pairs with different values above which a "mask" may be an image of
+#: intensities (instance masks: at most 3.4% in DSB 2018; its images: at least 22%).
+INTENSITY_NEIGHBOUR_DIFF = 0.15
+#: Mean size (pixels) of the equal-valued patches below which such a "mask" is taken as intensities (DSB 2018
+#: masks: at least 58 px per object; its images: at most 15 px per patch).
+INTENSITY_PATCH_SIZE = 16
+
+
+def _neighbour_diff(arr: np.ndarray) -> float:
+    """Share of 4-neighbour pixel pairs, both foreground, whose values differ (0 for a clean label image
+    without touching objects, most pairs for a noisy intensity image)."""
+    fg = arr > 0
+    pairs = differ = 0
+    for a, b, fa, fb in ((arr[:, :-1], arr[:, 1:], fg[:, :-1], fg[:, 1:]), (arr[:-1], arr[1:], fg[:-1], fg[1:])):
+        both = fa & fb
+        pairs += int(both.sum())
+        differ += int((both & (a != b)).sum())
+    return differ / pairs if pairs else 0.0
+
+
+def _cut_by_neighbour(arr: np.ndarray, pieces: np.ndarray, ids: np.ndarray, boxes: list, value: int) -> bool:
+    """Does one other label touch every piece of `value` (an object cut in two by an overlapping one)?"""
+    from scipy import ndimage as ndi
+
+    common: set | None = None
+    for i in ids:
+        box = boxes[i - 1]
+        sl = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in box)
+        region = pieces[sl] == i
+        ring = ndi.binary_dilation(region, structure=np.ones((3, 3), bool)) & ~region
+        touching = set(np.unique(arr[sl][ring]).tolist()) - {0, int(value)}
+        common = touching if common is None else common & touching
+        if not common:
+            return False
+    return bool(common)
+
+
+def _check_label_structure(arr: np.ndarray, name: str, label_components: bool, annotation: bool) -> None:
+    """Refuse images of intensities and class masks given as instance masks; warn about split labels.
+
+    The mask is cut into *pieces*: 8-connected regions of one value. Instance labels have about one piece
+    per label value. An intensity image (the raw image given as its mask, a probability map) has many small
+    pieces per value and neighbouring pixels that mostly differ; a class (semantic) mask has many objects
+    per value. A label of several pieces counts unless all its pieces touch the image border (an object
+    leaving and re-entering the image) or one other label touches all of them (an object cut by an
+    overlapping one); such labels occur in real annotations (DSB 2018 has two). A few such labels are an
+    :class:`InputWarning` (with `annotation`); half of the labels (at least 3), or twice as many pieces as
+    labels, an error.
+    """
+    from scipy import ndimage as ndi
+    from skimage.measure import label as sk_label
+
+    pieces = sk_label(arr, background=0, connectivity=2)
+    n_pieces = int(pieces.max())
+    if n_pieces == 0:
+        return
+    flat = pieces.ravel()
+    value = np.zeros(n_pieces + 1, arr.dtype)
+    value[flat] = arr.ravel()
+    size = np.bincount(flat, minlength=n_pieces + 1)
+    labels, per_label = np.unique(value[1:], return_counts=True)
+    n_labels = len(labels)
+    fragmented = n_pieces >= 2 * n_labels and n_pieces - n_labels >= 3
+    mean_piece = float(size[1:].mean())
+    diff = _neighbour_diff(arr)
+    if diff > INTENSITY_NEIGHBOUR_DIFF and (fragmented or mean_piece < INTENSITY_PATCH_SIZE):
+        raise InputError(
+            f"{name}: looks like an image of intensities, not instance labels: its {n_labels} values form "
+            f"{n_pieces} separate patches ({mean_piece:.1f} px on average) and {diff:.0%} of neighbouring "
+            "foreground pixels differ; a mask has 0 for background and one integer id per object (was an image "
+            "given as its mask?)")
+    if label_components:
+        return
+    split = []  # (label, piece sizes) of labels made of separate pieces
+    if not fragmented:
+        border = set(np.unique(np.concatenate([pieces[0], pieces[-1], pieces[:, 0], pieces[:, -1]])).tolist())
+        boxes = ndi.find_objects(pieces)
+        order = np.argsort(value[1:], kind="stable") + 1  # piece ids grouped by label value
+        starts = np.concatenate([[0], np.cumsum(per_label)])
+        for k in np.nonzero(per_label > 1)[0]:
+            ids = order[starts[k]:starts[k + 1]]
+            if all(int(i) in border for i in ids) or _cut_by_neighbour(arr, pieces, ids, boxes, labels[k]):
+                continue
+            split.append((int(labels[k]), sorted((int(size[i]) for i in ids), reverse=True)))
+    if fragmented or len(split) >= max(3, n_labels / 2):
+        top = np.argsort(-per_label, kind="stable")[:3]
+        examples = ", ".join(f"label {labels[i]}: {per_label[i]} pieces" for i in top)
+        raise InputError(
+            f"{name}: does not look like instance labels: its {n_labels} label value(s) mark {n_pieces} separate "
+            f"objects ({examples}), as in a class mask; each object needs its own id: pass label_components=True "
+            "(CLI --label-components) to label its connected components")
+    if not split or not annotation:
+        return
+    v, sizes = split[0]
+    shown = " + ".join(str(x) for x in sizes[:4]) + (" + ..." if len(sizes) > 4 else "")
+    more = ""
+    if len(split) > 1:
+        others = ", ".join(str(w) for w, _ in split[1:6]) + (", ..." if len(split) > 6 else "")
+        more = f"; so are {len(split) - 1} more label(s): {others}"
+    _warn(f"{name}: label {v} is made of {len(sizes)} separate pieces ({shown} px){more}; an id should mark one "
+          "object: check the annotation, or pass label_components=True (CLI --label-components) to give every "
+          "piece its own id", ("pieces", arr.shape, tuple((w, len(z)) for w, z in split)))
+
+
+def check_mask(mask: np.ndarray, name: str = "mask", label_components: bool = False,
+               annotation: bool = True) -> np.ndarray:
     """Validate an instance label mask and return it as uint16 (uint32 if needed) labels.
 
     Labels above the uint32 range (uint64/int64 ids) are renumbered ``1..N`` in their order
@@ -614,7 +901,12 @@ def check_mask(mask: np.ndarray, name: str = "mask", label_components: bool = Fa
     ``{0, v}``) with more than one connected object is almost always a foreground mask, not instance
     labels, and would teach a model to merge nuclei; it is rejected unless `label_components` is True,
     which labels connected components (:func:`skimage.measure.label`; regions of different labels stay
-    separate). Holes inside labels are filled (:func:`stardist.fill_label_holes`) as StarDist expects.
+    separate). Likewise a *class mask* (far more separate objects than label values) is rejected, and so
+    is an image of intensities given as a mask (many small patches of equal value, neighbouring pixels
+    that mostly differ), whatever `label_components`. With `annotation` (ground truth), a label made of
+    separate pieces gives an :class:`InputWarning` naming the file and the label, unless its pieces all
+    touch the image border or are separated by one other label. Holes inside labels are filled
+    (:func:`stardist.fill_label_holes`) as StarDist expects.
 
     Parameters
     ----------
@@ -624,6 +916,9 @@ def check_mask(mask: np.ndarray, name: str = "mask", label_components: bool = Fa
         Name used in error messages (file name).
     label_components : bool
         Label connected components (the CLI flag ``--label-components``).
+    annotation : bool
+        The mask is an annotation (training, ground truth): warn about labels made of separate pieces.
+        False for predictions, whose objects may be cut by later, overlapping ones.
     """
     from skimage.measure import label as sk_label
     from stardist import fill_label_holes
@@ -631,6 +926,9 @@ def check_mask(mask: np.ndarray, name: str = "mask", label_components: bool = Fa
     arr = np.asarray(mask)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        raise InputError(f"{name}: mask has shape {arr.shape}, a colour image; expected a 2D YX label image "
+                         "(one integer id per object, 0 for background), e.g. a 16-bit TIFF")
     if arr.ndim != 2:
         raise InputError(f"{name}: mask has shape {arr.shape}; expected a 2D YX label image")
     if arr.size == 0:
@@ -641,9 +939,7 @@ def check_mask(mask: np.ndarray, name: str = "mask", label_components: bool = Fa
         raise InputError(f"{name}: mask is not integer (dtype {arr.dtype}); expected instance labels 0, 1, 2, ...")
     if np.issubdtype(arr.dtype, np.signedinteger) and arr.min() < 0:
         raise InputError(f"{name}: mask has negative values (min {arr.min()}); expected labels >= 0")
-    if label_components:
-        arr = sk_label(arr, background=0, connectivity=2)
-    else:
+    if not label_components:
         values = np.unique(arr)
         if len(values) == 2 and values[0] == 0:
             n_components = int(sk_label(arr > 0, connectivity=2).max())
@@ -653,6 +949,9 @@ def check_mask(mask: np.ndarray, name: str = "mask", label_components: bool = Fa
                     "not instance labels; pass label_components=True (CLI --label-components) to label its "
                     "connected components"
                 )
+    _check_label_structure(arr, name, label_components, annotation)
+    if label_components:
+        arr = sk_label(arr, background=0, connectivity=2)
     if arr.max(initial=0) > np.iinfo(np.uint32).max:
         # labels that do not fit uint32 (e.g. uint64 ids) are renumbered 1..N, never cast: a cast wraps them
         # around, so that distinct objects merge or vanish
@@ -662,6 +961,14 @@ def check_mask(mask: np.ndarray, name: str = "mask", label_components: bool = Fa
     dtype = np.uint16 if arr.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32
     arr = arr.astype(dtype, copy=False)
     return np.ascontiguousarray(fill_label_holes(arr).astype(dtype, copy=False))
+
+
+def check_annotations(masks: Sequence[np.ndarray], where: str, purpose: str = "to learn from") -> None:
+    """Raise :class:`InputError` if every mask of a set is empty (only background): nothing `purpose`.
+    Some empty masks are fine (images without objects); all of them are almost always the wrong files."""
+    if len(masks) and all(int(np.max(m, initial=0)) == 0 for m in masks):
+        raise InputError(f"{where}: all {len(masks)} mask(s) are empty (only background 0), nothing {purpose}; "
+                         "are these the right masks?")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -716,13 +1023,33 @@ def load_images(folder: str | os.PathLike) -> tuple[list[str], list[np.ndarray]]
     return names, images
 
 
+def _check_channels(files: Sequence[Path], images: Sequence[np.ndarray], folder: Path) -> None:
+    """All images of a training set need the same number of channels: name the odd one out (not the image
+    after it, as a model built for the first image would)."""
+    from collections import Counter
+
+    counts = [1 if im.ndim == 2 else im.shape[-1] for im in images]
+    if len(set(counts)) < 2:
+        return
+    common, n_common = Counter(counts).most_common(1)[0]
+    odd = next(k for k, c in enumerate(counts) if c != common)
+    example = next(f for f, c in zip(files, counts) if c == common)
+    alpha = (" (a PNG whose alpha channel is not fully opaque, so it is read as one more channel: save it "
+             "without transparency)") if _has_partial_alpha(files[odd]) else ""
+    raise InputError(f"{files[odd]}: image has {counts[odd]} channel(s){alpha}, but {n_common} of the "
+                     f"{len(files)} images in {folder} have {common} (e.g. {example.name}); all images need the "
+                     "same channels")
+
+
 def load_pairs(
     images_dir: str | os.PathLike, masks_dir: str | os.PathLike, label_components: bool = False
 ) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
     """Load an image folder and its mask folder, matched by file stem.
 
-    A mask may have another suffix than its image (``a.png`` / ``a.tif``). Masks without an image are
-    ignored; images without a mask, shape mismatches and invalid masks raise InputError.
+    A mask may have another suffix than its image (``a.png`` / ``a.tif``), but not JPEG (lossy, see
+    :func:`read_mask`). Masks without an image are ignored; images without a mask, shape mismatches,
+    images whose channels differ from the others', invalid masks (see :func:`check_mask`) and a set of only
+    empty masks raise InputError.
 
     Returns
     -------
@@ -740,14 +1067,16 @@ def load_pairs(
     for stem, ipath in image_files.items():
         mpath = mask_files[stem]
         img = check_image(read_image(ipath), str(ipath))
-        msk = read_image(mpath)
+        msk = read_mask(mpath)
         if msk.ndim == 3 and msk.shape[-1] == 1:
             msk = msk[..., 0]
-        if msk.shape[:2] != img.shape[:2] or msk.ndim != 2:
+        if msk.ndim == 2 and msk.shape[:2] != img.shape[:2]:
             raise InputError(f"{mpath}: mask shape {msk.shape} does not match image shape {img.shape} ({ipath.name})")
         names.append(stem)
         images.append(img)
         masks.append(check_mask(msk, str(mpath), label_components=label_components))
+    _check_channels(list(image_files.values()), images, images_dir)
+    check_annotations(masks, str(masks_dir))
     return names, images, masks
 
 

@@ -11,20 +11,33 @@ model port's payload).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
 import os
 import shutil
 import tempfile
+import warnings
+import weakref
 import zipfile
+import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cellseg.errors import InputError, ModelLoadError
+from cellseg.errors import (
+    InputError,
+    ModelLoadError,
+    require_bool,
+    require_int,
+    require_number,
+    require_pair,
+    require_str,
+)
 
 BUNDLE_META = "cellseg.json"
 WEIGHTS_FILE = "weights_best.h5"
@@ -37,29 +50,69 @@ DEFAULT_THRESHOLDS = {"prob": 0.5, "nms": 0.4}
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
+def strict_init(cls: type) -> type:
+    """Make a dataclass refuse unknown or surplus arguments with an :class:`InputError` naming them (as
+    csbdeep's configs do) instead of Python's ``TypeError``."""
+    init = cls.__init__
+    names = [f.name for f in fields(cls)]
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        unknown = sorted(set(kwargs) - set(names))
+        if unknown:
+            raise InputError(f"{cls.__name__}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(names)}")
+        if len(args) > len(names):
+            raise InputError(f"{cls.__name__}: {len(args)} positional arguments given, it has {len(names)} "
+                             f"parameters ({', '.join(names)})")
+        twice = sorted(set(names[:len(args)]) & set(kwargs))
+        if twice:
+            raise InputError(f"{cls.__name__}: parameter(s) {', '.join(twice)} given twice")
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
+
+
+#: Options each backbone accepts in ``ModelConfig.backbone_options`` (backbones that register themselves
+#: without an entry here are not checked). :mod:`cellseg.backbones` adds its backbones'.
+BACKBONE_OPTIONS: dict[str, tuple[str, ...]] = {"unet": ()}
+#: Extra checks of a :class:`ModelConfig` per backbone (raise :class:`InputError`), e.g. the shapes a
+#: backbone can build; registered by the module that registers the backbone.
+BACKBONE_CHECKS: dict[str, Callable[[Any], None]] = {}
+
+
+@strict_init
 @dataclass
 class ModelConfig:
     """Architecture and training-shape settings of a StarDist 2D model.
+
+    Every parameter is checked when the config is made (and again by :meth:`validate`): a wrong type or
+    value, or an unknown parameter name, raises :class:`InputError` naming it.
 
     Parameters
     ----------
     backbone
         Network architecture: ``"unet"`` (stardist's U-Net), or a backbone registered in
-        :data:`BACKBONES` (e.g. ``"resunet"``, ``"resnet50"``).
+        :data:`BACKBONES` (e.g. ``"resunet"``, ``"resnet50"``). ``"resnet50+imagenet"`` is short for
+        ``backbone="resnet50", backbone_options={"imagenet": True}``.
     n_rays
-        Number of radial distances that describe each star-convex polygon.
+        Number of radial distances that describe each star-convex polygon (integer >= 3).
     grid
-        Subsampling of the output relative to the input (stardist's ``grid``).
+        Subsampling of the output relative to the input (stardist's ``grid``): a pair such as ``(2, 2)``,
+        or one integer ``g`` meaning ``(g, g)``; each 1, 2, 4 or 8.
     n_channel_in
         Channels of the input images (1 for grey fluorescence, 3 for RGB).
     unet_n_depth, unet_n_filter_base
         Depth (number of poolings) and filters of the first level of the U-Net.
     patch_size
-        Size (Y, X) of the training patches; must divide by ``grid * 2**unet_n_depth``.
+        Size (Y, X) of the training patches (one integer ``p`` means ``(p, p)``); must divide by
+        ``grid * 2**unet_n_depth``.
     batch_size
         Patches per training step.
     learning_rate
         Adam learning rate for training from scratch.
+    backbone_options
+        Options of the backbone (see :data:`BACKBONE_OPTIONS`), e.g. ``{"imagenet": True}`` for resnet50.
     """
 
     backbone: str = "unet"
@@ -74,37 +127,52 @@ class ModelConfig:
     backbone_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        require_str(self.backbone, "backbone")
         if "+" in self.backbone:  # "resnet50+imagenet" = backbone "resnet50" with option imagenet=True
             name, *flags = self.backbone.split("+")
             self.backbone = name
-            self.backbone_options = {**self.backbone_options, **{f: True for f in flags if f}}
-        self.grid = tuple(int(g) for g in self.grid)  # type: ignore[assignment]
-        self.patch_size = tuple(int(p) for p in self.patch_size)  # type: ignore[assignment]
+            options = self.backbone_options if isinstance(self.backbone_options, dict) else {}
+            self.backbone_options = {**options, **{f: True for f in flags if f}}
         self.validate()
 
     def validate(self) -> None:
-        """Raise :class:`InputError` naming the first invalid parameter."""
+        """Raise :class:`InputError` naming the first invalid parameter (normalises grid and patch_size
+        to tuples)."""
+        require_str(self.backbone, "backbone")
         if self.backbone not in BACKBONES:
             _register_optional_backbones()
         if self.backbone not in BACKBONES:
             raise InputError(f"backbone={self.backbone!r} is unknown; choose one of {sorted(BACKBONES)}")
-        checks = [
-            ("n_rays", self.n_rays >= 3, "must be >= 3"),
-            ("n_channel_in", self.n_channel_in >= 1, "must be >= 1"),
-            ("unet_n_depth", 1 <= self.unet_n_depth <= 6, "must be between 1 and 6"),
-            ("unet_n_filter_base", self.unet_n_filter_base >= 1, "must be >= 1"),
-            ("batch_size", self.batch_size >= 1, "must be >= 1"),
-            ("learning_rate", 0 < self.learning_rate < 1, "must be in (0, 1)"),
-            ("grid", len(self.grid) == 2 and all(g in (1, 2, 4, 8) for g in self.grid), "must be 1, 2, 4 or 8 per axis"),
-        ]
-        for name, ok, what in checks:
-            if not ok:
-                raise InputError(f"{name}={getattr(self, name)!r} {what}")
+        self.n_rays = require_int(self.n_rays, "n_rays", 3)
+        self.n_channel_in = require_int(self.n_channel_in, "n_channel_in", 1)
+        self.unet_n_depth = require_int(self.unet_n_depth, "unet_n_depth", 1, 6)
+        self.unet_n_filter_base = require_int(self.unet_n_filter_base, "unet_n_filter_base", 1)
+        self.batch_size = require_int(self.batch_size, "batch_size", 1)
+        self.learning_rate = require_number(self.learning_rate, "learning_rate", 0, 1, lo_open=True, hi_open=True)
+        self.grid = require_pair(self.grid, "grid")
+        if not all(g in (1, 2, 4, 8) for g in self.grid):
+            raise InputError(f"grid={self.grid} must be 1, 2, 4 or 8 per axis")
+        self.patch_size = require_pair(self.patch_size, "patch_size")
         div = self.divisor
-        if len(self.patch_size) != 2 or any(p < div or p % div for p in self.patch_size):
+        if any(p < div or p % div for p in self.patch_size):
             raise InputError(
                 f"patch_size={self.patch_size} must be two multiples of {div} (grid x 2**unet_n_depth)"
             )
+        if not isinstance(self.backbone_options, dict) or not all(isinstance(k, str) for k in self.backbone_options):
+            raise InputError(f"backbone_options={self.backbone_options!r} must be a dict of option names to "
+                             "values, e.g. {'imagenet': True}")
+        known = BACKBONE_OPTIONS.get(self.backbone)
+        if known is not None:
+            unknown = sorted(set(self.backbone_options) - set(known))
+            if unknown:
+                raise InputError(f"backbone_options: backbone {self.backbone!r} has no option(s) {', '.join(unknown)}"
+                                 f"; its options: {', '.join(known) if known else 'none'}")
+        for key, value in self.backbone_options.items():
+            if key == "imagenet":
+                require_bool(value, "backbone_options['imagenet']")
+        check = BACKBONE_CHECKS.get(self.backbone)
+        if check is not None:
+            check(self)
 
     @property
     def divisor(self) -> int:
@@ -132,18 +200,34 @@ class ModelConfig:
 
     @classmethod
     def from_stardist(cls, config: Any, backbone: str = "unet", backbone_options: dict | None = None) -> ModelConfig:
-        """Read the fields we use from a stardist ``Config2D`` (or its ``vars``)."""
-        c = config if isinstance(config, dict) else vars(config)
+        """Read the fields we use from a stardist ``Config2D`` (or its ``vars``, e.g. a ``config.json``).
+
+        ``n_rays``, ``grid`` and ``n_channel_in`` are required; :class:`InputError` names a missing or
+        invalid key (by its stardist name).
+        """
+        if isinstance(config, dict):
+            c = config
+        elif config is not None and hasattr(config, "__dict__"):
+            c = vars(config)
+        else:
+            raise InputError(f"stardist config must be a Config2D or a dict, not {type(config).__name__}")
+        missing = [k for k in ("n_rays", "grid", "n_channel_in") if k not in c]
+        if missing:
+            raise InputError(f"{', '.join(missing)} missing (not a StarDist 2D model's config)")
+        n_dim = c.get("n_dim", 2)
+        if n_dim != 2:
+            raise InputError(f"n_dim={n_dim!r}: not a 2D StarDist model (cellseg segments 2D images)")
         return cls(
             backbone=backbone,
-            n_rays=int(c["n_rays"]),
-            grid=tuple(c["grid"]),
-            n_channel_in=int(c["n_channel_in"]),
-            unet_n_depth=int(c.get("unet_n_depth", 3)),
-            unet_n_filter_base=int(c.get("unet_n_filter_base", 32)),
-            patch_size=tuple(c.get("train_patch_size", (256, 256))),
-            batch_size=int(c.get("train_batch_size", 4)),
-            learning_rate=float(c.get("train_learning_rate", 3e-4)),
+            n_rays=require_int(c["n_rays"], "n_rays", 3),
+            grid=require_pair(c["grid"], "grid"),
+            n_channel_in=require_int(c["n_channel_in"], "n_channel_in", 1),
+            unet_n_depth=require_int(c.get("unet_n_depth", 3), "unet_n_depth", 1, 6),
+            unet_n_filter_base=require_int(c.get("unet_n_filter_base", 32), "unet_n_filter_base", 1),
+            patch_size=require_pair(c.get("train_patch_size", (256, 256)), "train_patch_size"),
+            batch_size=require_int(c.get("train_batch_size", 4), "train_batch_size", 1),
+            learning_rate=require_number(c.get("train_learning_rate", 3e-4), "train_learning_rate", 0, 1,
+                                         lo_open=True, hi_open=True),
             backbone_options=dict(backbone_options or {}),
         )
 
@@ -155,10 +239,13 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """A config from :meth:`to_dict`'s output; :class:`InputError` for a non-dict or unknown keys."""
+        if not isinstance(d, dict):
+            raise InputError(f"model config must be a dict (JSON object), not {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise InputError(f"unknown model parameter(s): {sorted(unknown)}")
+            raise InputError(f"unknown model parameter(s): {sorted(map(str, unknown))}")
         return cls(**d)
 
 
@@ -206,20 +293,34 @@ class CellsegModel:
         self.geometry: dict[str, Any] = {}
         self._workdir = workdir
         self._bundle_bytes: bytes | None = None  # bytes this model was loaded from, while unchanged
+        if workdir is not None:
+            # removed when the model is garbage collected, and at interpreter exit at the latest (also
+            # after Ctrl-C or SIGTERM), so that no cellseg-model-* folder is left in the temp folder
+            weakref.finalize(self, shutil.rmtree, str(workdir), ignore_errors=True)
 
     # -- creation ---------------------------------------------------------------------------------
     @classmethod
     def create(cls, config: ModelConfig | None = None, seed: int | None = 0, name: str = "cellseg") -> CellsegModel:
-        """A new, untrained model (weights initialised from ``seed``)."""
-        config = config or ModelConfig()
-        config.validate()
+        """A new, untrained model (weights initialised from ``seed``).
+
+        ``config`` is a :class:`ModelConfig` or a dict of its parameters (default: ``ModelConfig()``);
+        ``seed`` an integer in [0, 2**32 - 1] or ``None`` (not seeded).
+        """
+        config = as_model_config(config)
+        if seed is not None:
+            seed = require_int(seed, "seed", 0, 2**32 - 1)
+        require_str(name, "name")
+        klass = model_class(config.backbone)
         if seed is not None:
             set_seed(seed)
         workdir = Path(tempfile.mkdtemp(prefix="cellseg-model-"))
-        klass = model_class(config.backbone)
-        sd_config = config.to_stardist()
-        sd_model = _quiet(lambda: klass(sd_config, name="model", basedir=str(workdir)))
-        _apply_backbone_options(sd_model, config)
+        try:
+            sd_config = config.to_stardist()
+            sd_model = _quiet(lambda: klass(sd_config, name="model", basedir=str(workdir)))
+            _apply_backbone_options(sd_model, config)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
         prov = {"name": name, "created_with": f"cellseg {_version()}", "steps_trained": 0, "trainings": []}
         model = cls(sd_model, config, prov, workdir)
         model.thresholds = DEFAULT_THRESHOLDS
@@ -241,10 +342,7 @@ class CellsegModel:
 
     @thresholds.setter
     def thresholds(self, value: dict[str, float]) -> None:
-        prob, nms = float(value["prob"]), float(value["nms"])
-        for key, v in (("prob_thresh", prob), ("nms_thresh", nms)):
-            if not 0 <= v <= 1:
-                raise InputError(f"{key}={v} must be in [0, 1]")
+        prob, nms = check_thresholds(value, "thresholds")
         self.stardist.thresholds = {"prob": prob, "nms": nms}
         self.mark_changed()
 
@@ -316,6 +414,7 @@ class CellsegModel:
         """
         from cellseg.io import atomic_folder, write_bytes_atomic
 
+        overwrite = require_bool(overwrite, "overwrite")
         path = check_model_target(path, overwrite)
         if path.suffix.lower() == ".zip":
             return write_bytes_atomic(path, self.to_bytes())
@@ -362,10 +461,6 @@ class CellsegModel:
         return (f"CellsegModel(name={self.name!r}, backbone={self.config.backbone!r}, "
                 f"n_rays={self.config.n_rays}, steps_trained={self.steps_trained})")
 
-    def __del__(self) -> None:
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-
 
 # -- where a model may be written ----------------------------------------------------------------
 
@@ -380,6 +475,8 @@ def model_bundle_problem(path: str | os.PathLike) -> str | None:
     A model is recognised by its files: ``config.json`` plus weights (``*.h5``) or ``cellseg.json``, and
     nothing but :data:`MODEL_FOLDER_FILES` (in a zip: under at most one top folder).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        return f"{path!r} is not a path"
     path = Path(path)
     if path.is_dir():
         try:
@@ -423,6 +520,8 @@ def check_model_target(path: str | os.PathLike, overwrite: bool = False) -> Path
 
     if path is None or not str(path).strip():
         raise InputError("model output path is empty")
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"model output path {path!r} must be a path (str or os.PathLike), not {type(path).__name__}")
     path = Path(path)
     as_zip = path.suffix.lower() == ".zip"
     if os.path.lexists(path):
@@ -456,7 +555,7 @@ def check_model_target(path: str | os.PathLike, overwrite: bool = False) -> Path
 def model_class(backbone: str):
     """The StarDist2D (sub)class that builds ``backbone``."""
     _register_optional_backbones()
-    if backbone not in BACKBONES:
+    if not isinstance(backbone, str) or backbone not in BACKBONES:
         raise ModelLoadError(f"backbone {backbone!r} is unknown; known: {sorted(BACKBONES)}")
     return BACKBONES[backbone]()
 
@@ -467,20 +566,52 @@ def pretrained_names() -> list[str]:
     return shipped + list(STARDIST_PRETRAINED)
 
 
+# Limits on model zips, checked before anything is unpacked. Real bundles are 0.2 MB (the tests' tiny
+# U-Net) to about 8 MB (stardist's default U-Net, 32 rays) and 120 MB (the resnet50 backbone); weights
+# (random-looking floats) compress by less than 2x and the JSON files are a few kB.
+#: Most entries a model zip may hold (a bundle has 4; a zipped stardist folder with logs a few dozen).
+MAX_ZIP_ENTRIES = 1000
+#: Most bytes a model zip may unpack to (all entries together), and the largest model zip file read.
+MAX_UNPACKED_BYTES = 1 << 30
+#: Most a model zip may unpack to relative to its own size, once it unpacks to more than
+#: :data:`RATIO_FREE_BYTES` (a zip bomb packs gigabytes of zeros into kilobytes).
+MAX_COMPRESSION_RATIO = 50
+#: Unpacked size below which the compression ratio is not checked (small zips of JSON compress well).
+RATIO_FREE_BYTES = 16 << 20
+#: Largest config.json / cellseg.json / thresholds.json read.
+MAX_JSON_BYTES = 16 << 20
+
+
 def load_model(source: str | os.PathLike | bytes) -> CellsegModel:
     """Load a model from a bundle folder, a ``.zip`` file, zip bytes or a pretrained name.
 
     Folders may be any stardist model folder (``config.json`` + ``weights_*.h5``); names are the models
     shipped in ``cellseg/pretrained`` or stardist's registered pretrained models (those need internet).
+
+    Everything is checked before a network is built: the JSON files (valid JSON objects with the keys and
+    value types cellseg and stardist need), ``cellseg.json`` against ``config.json`` (the architecture
+    must agree), the weights against the network, and zips against :data:`MAX_ZIP_ENTRIES`,
+    :data:`MAX_UNPACKED_BYTES`, :data:`MAX_COMPRESSION_RATIO` and unsafe member paths. Problems raise
+    :class:`ModelLoadError` naming the file and key (a wrong ``source`` type: :class:`InputError`); no
+    temporary folder is left behind.
     """
-    if isinstance(source, (bytes, bytearray)):
+    if isinstance(source, (bytes, bytearray, memoryview)):
         return from_bytes(bytes(source))
+    if not isinstance(source, (str, os.PathLike)):
+        raise InputError(f"model source {source!r} must be a model folder, a .zip file, zip bytes or a pretrained "
+                         f"name, not {type(source).__name__}")
+    if not str(source).strip():
+        raise InputError("model source is empty: give a model folder, a .zip file or a pretrained name")
     path = Path(source)
     if path.is_dir():
-        return _load_folder(path)
+        return _load_bundle(_FolderFiles(path))
     if path.is_file():
         if not zipfile.is_zipfile(path):
             raise ModelLoadError(f"{path} is not a model zip (expected a zip of a model folder)")
+        size = path.stat().st_size
+        if size > MAX_UNPACKED_BYTES:
+            raise ModelLoadError(f"model zip {path} is {size / 2**20:.0f} MB, more than the "
+                                 f"{MAX_UNPACKED_BYTES >> 20} MB a model may have")
         return from_bytes(path.read_bytes(), origin=str(path))
     name = str(source)
     shipped = PRETRAINED_DIR / f"{name}.zip"
@@ -495,76 +626,317 @@ def load_model(source: str | os.PathLike | bytes) -> CellsegModel:
 
 
 def from_bytes(data: bytes, origin: str = "bytes") -> CellsegModel:
-    """Load a model from bundle zip bytes (as written by :meth:`CellsegModel.to_bytes`)."""
+    """Load a model from bundle zip bytes (as written by :meth:`CellsegModel.to_bytes`).
+
+    The zip is checked (see :func:`load_model`) and only the files a model needs are unpacked, straight
+    into the model's own folder.
+    """
+    if isinstance(data, (bytearray, memoryview)):
+        data = bytes(data)
+    if not isinstance(data, bytes):
+        raise InputError(f"model zip bytes must be bytes, not {type(data).__name__}")
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as err:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as err:
         raise ModelLoadError(f"model from {origin}: not a valid model zip ({err})") from err
-    tmp = Path(tempfile.mkdtemp(prefix="cellseg-unzip-"))
-    try:
-        with zf:
-            for member in zf.namelist():
-                target = (tmp / member).resolve()
-                if tmp.resolve() not in target.parents:
-                    raise ModelLoadError(f"model from {origin}: unsafe path {member!r} in zip")
-            zf.extractall(tmp)
-        root = _find_model_root(tmp, origin)
-        model = _load_folder(root, origin=origin)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if list(zipfile.ZipFile(io.BytesIO(data)).namelist()) == list(BUNDLE_FILES):
-        model._bundle_bytes = data
+    with zf:
+        files = _ZipFiles(zf, origin, len(data))
+        model = _load_bundle(files)
+        if zf.namelist() == list(BUNDLE_FILES):
+            model._bundle_bytes = data
     return model
 
 
-def _find_model_root(folder: Path, origin: str) -> Path:
-    if (folder / "config.json").is_file():
-        return folder
-    candidates = [p.parent for p in folder.rglob("config.json")]
-    if len(candidates) == 1:
-        return candidates[0]
-    raise ModelLoadError(f"model from {origin}: no config.json found in the zip")
+def as_model_config(config: ModelConfig | dict[str, Any] | None) -> ModelConfig:
+    """``config`` as a validated :class:`ModelConfig` (``None``: the default; a dict: :meth:`ModelConfig.from_dict`)."""
+    if config is None:
+        return ModelConfig()
+    if isinstance(config, dict):
+        return ModelConfig.from_dict(config)
+    if not isinstance(config, ModelConfig):
+        raise InputError(f"model_config must be a ModelConfig (or a dict of its parameters), not "
+                         f"{type(config).__name__}")
+    config.validate()
+    return config
 
 
-def _load_folder(folder: Path, origin: str | None = None) -> CellsegModel:
-    origin = origin or str(folder)
-    if not (folder / "config.json").is_file():
-        raise ModelLoadError(f"model folder {origin} has no config.json")
-    weights = [folder / WEIGHTS_FILE, folder / "weights_last.h5", *sorted(folder.glob("*.h5"))]
-    weights = [w for w in weights if w.is_file()]
+def check_thresholds(value: Any, name: str = "thresholds") -> tuple[float, float]:
+    """``(prob, nms)`` from a ``{"prob": p, "nms": n}`` mapping of numbers in [0, 1]; InputError naming the key."""
+    if not isinstance(value, dict) or any(k not in value for k in ("prob", "nms")):
+        raise InputError(f"{name} must be a dict with keys 'prob' and 'nms' (numbers in [0, 1]), got {value!r}"[:300])
+    prob = require_number(value["prob"], f"{name}['prob']", 0, 1)
+    nms = require_number(value["nms"], f"{name}['nms']", 0, 1)
+    return prob, nms
+
+
+# -- reading bundles ------------------------------------------------------------------------------
+
+class _BundleFiles:
+    """The files at the top of a model folder or model zip: names, sizes, contents."""
+
+    where: str  # "model folder X" / "model zip X", the start of every message
+    origin: str  # the folder or zip (recorded as "imported_from" of a model without cellseg.json)
+    label: str  # name of a model without cellseg.json
+
+    def names(self) -> set[str]:
+        raise NotImplementedError
+
+    def size(self, name: str) -> int:
+        raise NotImplementedError
+
+    def open(self, name: str) -> Any:
+        raise NotImplementedError
+
+    def read(self, name: str, limit: int = MAX_JSON_BYTES) -> bytes:
+        if self.size(name) > limit:
+            raise ModelLoadError(f"{self.where}: {name} is {self.size(name) >> 20} MB, more than the {limit >> 20} MB "
+                                 "such a file may have")
+        with self._reading(name), self.open(name) as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise ModelLoadError(f"{self.where}: {name} is larger than {limit >> 20} MB")
+        return data
+
+    def copy(self, name: str, dest: Path) -> None:
+        """Copy ``name`` to ``dest``, never writing more than its size says (nor the unpacked-size limit)."""
+        expected = self.size(name)
+        written = 0
+        with self._reading(name), self.open(name) as f, open(dest, "wb") as out:
+            while chunk := f.read(1 << 20):
+                written += len(chunk)
+                if written > expected or written > MAX_UNPACKED_BYTES:
+                    raise ModelLoadError(f"{self.where}: {name} holds more data than the zip says ({expected} "
+                                         "bytes): the zip is corrupt or crafted")
+                out.write(chunk)
+
+    @contextlib.contextmanager
+    def _reading(self, name: str):
+        try:
+            yield
+        except ModelLoadError:
+            raise
+        except (OSError, EOFError, RuntimeError, NotImplementedError, ValueError, zipfile.BadZipFile,
+                zlib.error) as err:
+            raise ModelLoadError(f"{self.where}: cannot read {name} ({type(err).__name__}: {err})") from err
+
+
+class _FolderFiles(_BundleFiles):
+    def __init__(self, folder: Path, where: str | None = None) -> None:
+        self.folder = folder
+        self.where = where or f"model folder {folder}"
+        self.origin, self.label = str(folder), folder.name
+        try:
+            self._names = {p.name for p in folder.iterdir() if p.is_file()}
+        except OSError as err:
+            raise ModelLoadError(f"{self.where} cannot be read ({err.strerror or err})") from err
+
+    def names(self) -> set[str]:
+        return self._names
+
+    def size(self, name: str) -> int:
+        return (self.folder / name).stat().st_size
+
+    def open(self, name: str) -> Any:
+        return open(self.folder / name, "rb")
+
+
+class _ZipFiles(_BundleFiles):
+    """The model inside a zip: its files at the top or in one folder; the zip's limits checked first."""
+
+    def __init__(self, zf: zipfile.ZipFile, origin: str, zip_size: int) -> None:
+        self.zf = zf
+        self.where = f"model zip {origin}" if origin != "bytes" else "model zip (bytes)"
+        self.origin, self.label = origin, Path(origin).stem if origin != "bytes" else "model"
+        infos = zf.infolist()
+        if len(infos) > MAX_ZIP_ENTRIES:
+            raise ModelLoadError(f"{self.where} has {len(infos)} entries, more than the {MAX_ZIP_ENTRIES} a model "
+                                 "zip may have")
+        total = 0
+        for info in infos:
+            parts = info.filename.replace("\\", "/").split("/")
+            if info.filename.startswith(("/", "\\")) or ".." in parts or (parts[0][1:2] == ":"):
+                raise ModelLoadError(f"{self.where}: unsafe path {info.filename!r} in zip (outside the model folder)")
+            total += info.file_size
+        limit = min(MAX_UNPACKED_BYTES, max(RATIO_FREE_BYTES, MAX_COMPRESSION_RATIO * zip_size))
+        if total > limit:
+            why = (f"more than {MAX_UNPACKED_BYTES >> 20} MB" if limit == MAX_UNPACKED_BYTES else
+                   f"more than {MAX_COMPRESSION_RATIO} times its own size of {zip_size} bytes")
+            raise ModelLoadError(f"{self.where} would unpack to {total} bytes, {why}; refusing to unpack it "
+                                 "(a damaged or malicious zip)")
+        files = [i for i in infos if not i.is_dir()]
+        configs = sorted(i.filename for i in files if i.filename.rsplit("/", 1)[-1] == "config.json")
+        if "config.json" in configs:
+            prefix = ""
+        elif len(configs) == 1:
+            prefix = configs[0][: -len("config.json")]
+        elif not configs:
+            raise ModelLoadError(f"{self.where}: no config.json found in the zip")
+        else:
+            raise ModelLoadError(f"{self.where} holds {len(configs)} config.json files ({', '.join(configs[:3])}); "
+                                 "zip one model folder")
+        self.members: dict[str, zipfile.ZipInfo] = {}
+        for info in files:
+            rest = info.filename[len(prefix):]
+            if info.filename.startswith(prefix) and rest and "/" not in rest:
+                if rest in self.members:
+                    raise ModelLoadError(f"{self.where} holds {info.filename} twice")
+                self.members[rest] = info
+
+    def names(self) -> set[str]:
+        return set(self.members)
+
+    def size(self, name: str) -> int:
+        return self.members[name].file_size
+
+    def open(self, name: str) -> Any:
+        return self.zf.open(self.members[name])
+
+
+def _json_object(files: _BundleFiles, name: str) -> dict[str, Any]:
+    """A JSON file of the bundle, which must hold a JSON object."""
+    text = files.read(name)
+    try:
+        obj = json.loads(text.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{files.where}: {name} is not valid JSON ({err})") from err
+    if not isinstance(obj, dict):
+        raise ModelLoadError(f"{files.where}: {name} must hold a JSON object ({{...}}), not a "
+                             f"{_json_kind(obj)}")
+    return obj
+
+
+def _json_kind(obj: Any) -> str:
+    return {list: "list", str: "string", bool: "boolean", int: "number", float: "number",
+            type(None): "null"}.get(type(obj), type(obj).__name__)
+
+
+#: Fields that cellseg.json's model_config and stardist's config.json both hold: they must agree.
+_SHARED_FIELDS = ("n_rays", "grid", "n_channel_in", "unet_n_depth", "unet_n_filter_base")
+
+
+def _check_meta(meta: dict[str, Any], where: str) -> None:
+    """The parts of cellseg.json cellseg relies on: format, model_config, provenance, geometry."""
+    fmt = meta.get("format", "cellseg-bundle")
+    if fmt != "cellseg-bundle":
+        raise ModelLoadError(f"{where}: {BUNDLE_META}: format={fmt!r}, expected 'cellseg-bundle'")
+    version = meta.get("format_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ModelLoadError(f"{where}: {BUNDLE_META}: format_version={version!r} must be a positive integer")
+    if version > 1:
+        raise ModelLoadError(f"{where}: {BUNDLE_META}: format_version {version} was written by a newer cellseg "
+                             f"(this is cellseg {_version()}, format 1); update cellseg")
+    if "model_config" not in meta:
+        raise ModelLoadError(f"{where}: {BUNDLE_META} has no model_config (the model's architecture); restore "
+                             f"the file or remove it to load the model from config.json alone")
+    for key in ("provenance", "geometry"):
+        if key in meta and not isinstance(meta[key], dict):
+            raise ModelLoadError(f"{where}: {BUNDLE_META}: {key} must be a JSON object, not a {_json_kind(meta[key])}")
+    prov = meta.get("provenance", {})
+    checks = {"name": str, "steps_trained": int, "trainings": list, "retrained_from": list}
+    for key, kind in checks.items():
+        v = prov.get(key)
+        if key in prov and (not isinstance(v, kind) or isinstance(v, bool) or (kind is int and v < 0)):
+            raise ModelLoadError(f"{where}: {BUNDLE_META}: provenance.{key}={v!r} must be a "
+                                 f"{'non-negative integer' if kind is int else _json_kind(kind())}")
+    if not all(isinstance(t, dict) for t in prov.get("trainings", [])):
+        raise ModelLoadError(f"{where}: {BUNDLE_META}: provenance.trainings must be a list of JSON objects")
+    geometry = meta.get("geometry", {})
+    rf = geometry.get("receptive_field", 0)
+    if isinstance(rf, bool) or not isinstance(rf, int) or rf < 0:
+        raise ModelLoadError(f"{where}: {BUNDLE_META}: geometry.receptive_field={rf!r} must be a non-negative integer")
+    if not isinstance(geometry.get("fingerprint", ""), str):
+        raise ModelLoadError(f"{where}: {BUNDLE_META}: geometry.fingerprint must be a string")
+
+
+def _load_bundle(files: _BundleFiles) -> CellsegModel:
+    """Check a model folder's or zip's files and build the model (see :func:`load_model`)."""
+    where = files.where
+    names = files.names()
+    if "config.json" not in names:
+        raise ModelLoadError(f"{where} has no config.json")
+    weights = [n for n in (WEIGHTS_FILE, "weights_last.h5", *sorted(n for n in names if n.endswith(".h5")))
+               if n in names]
     if not weights:
-        raise ModelLoadError(f"model folder {origin} has no weights file (weights_best.h5 or *.h5)")
+        raise ModelLoadError(f"{where} has no weights file (weights_best.h5 or *.h5)")
+    weights_name = weights[0]
+    sd_config = _json_object(files, "config.json")
     try:
-        sd_config = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"model folder {origin}: config.json is not valid JSON ({err})") from err
+        stardist_config = ModelConfig.from_stardist(sd_config)
+    except InputError as err:
+        raise ModelLoadError(f"{where}: config.json: {err}") from err
     meta: dict[str, Any] = {}
-    if (folder / BUNDLE_META).is_file():
-        meta = json.loads((folder / BUNDLE_META).read_text())
-    if "model_config" in meta:
-        config = ModelConfig.from_dict(meta["model_config"])
+    if BUNDLE_META in names:
+        meta = _json_object(files, BUNDLE_META)
+        _check_meta(meta, where)
+        try:
+            config = ModelConfig.from_dict(meta["model_config"])
+        except InputError as err:
+            raise ModelLoadError(f"{where}: {BUNDLE_META}: model_config: {err}") from err
+        for key in _SHARED_FIELDS:
+            ours, theirs = getattr(config, key), getattr(stardist_config, key)
+            if ours != theirs:
+                show = (lambda v: list(v) if isinstance(v, tuple) else v)  # noqa: E731  (as in the JSON)
+                raise ModelLoadError(
+                    f"{where}: {BUNDLE_META} and config.json disagree on {key} ({BUNDLE_META}: {show(ours)}, "
+                    f"config.json: {show(theirs)}); the bundle was edited or mixed from two models: restore "
+                    "the original files")
     else:
-        config = ModelConfig.from_stardist(sd_config)
-    workdir = Path(tempfile.mkdtemp(prefix="cellseg-model-"))
-    (workdir / "model").mkdir()
-    shutil.copy2(folder / "config.json", workdir / "model" / "config.json")
-    shutil.copy2(weights[0], workdir / "model" / WEIGHTS_FILE)
-    if (folder / "thresholds.json").is_file():
-        shutil.copy2(folder / "thresholds.json", workdir / "model" / "thresholds.json")
+        config = stardist_config
+    thresholds = DEFAULT_THRESHOLDS
+    if "thresholds.json" in names:
+        try:
+            prob, nms = check_thresholds(_json_object(files, "thresholds.json"), "thresholds.json")
+        except InputError as err:
+            raise ModelLoadError(f"{where}: {err}") from err
+        thresholds = {"prob": prob, "nms": nms}
     klass = model_class(config.backbone)
+
+    workdir = Path(tempfile.mkdtemp(prefix="cellseg-model-"))
     try:
-        sd_model = _quiet(lambda: klass(None, name="model", basedir=str(workdir)))
-    except Exception as err:  # stardist raises many kinds on a bad folder
+        folder = workdir / "model"
+        folder.mkdir()
+        files.copy("config.json", folder / "config.json")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "Couldn't find any network weights": loaded below
+                sd_model = _quiet(lambda: klass(None, name="model", basedir=str(workdir)))
+        except (ModelLoadError, InputError) as err:
+            raise ModelLoadError(f"{where}: {err}") from err
+        except Exception as err:  # stardist and keras raise many kinds on a config they cannot build
+            raise ModelLoadError(f"{where}: config.json does not describe a network stardist can build "
+                                 f"({_one_line(err)})") from err
+        files.copy(weights_name, folder / WEIGHTS_FILE)
+        _load_weights(sd_model, folder / WEIGHTS_FILE, weights_name, where, with_meta=bool(meta))
+        sd_model.thresholds = thresholds
+        provenance = meta.get("provenance") or {"name": files.label, "imported_from": files.origin,
+                                                "steps_trained": 0, "trainings": []}
+        model = CellsegModel(sd_model, config, provenance, workdir)
+    except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
-        raise ModelLoadError(f"model folder {origin} could not be loaded: {err}") from err
-    if not (folder / "thresholds.json").is_file():
-        sd_model.thresholds = DEFAULT_THRESHOLDS
-    provenance = meta.get("provenance") or {"name": folder.name, "imported_from": origin, "steps_trained": 0,
-                                            "trainings": []}
-    model = CellsegModel(sd_model, config, provenance, workdir)
-    if isinstance(meta.get("geometry"), dict):
+        raise
+    if meta.get("geometry"):
         model.geometry = dict(meta["geometry"])
     return model
+
+
+def _load_weights(sd_model: Any, path: Path, name: str, where: str, with_meta: bool) -> None:
+    import h5py
+
+    if not h5py.is_hdf5(str(path)):
+        raise ModelLoadError(f"{where}: {name} is not an HDF5 weights file (damaged, empty or another kind of file)")
+    try:
+        _quiet(lambda: sd_model.load_weights(path.name))  # stardist's: from its folder, as it saves them
+    except Exception as err:  # keras and h5py raise many kinds on weights of another network
+        described = f"config.json{' and ' + BUNDLE_META if with_meta else ''}"
+        raise ModelLoadError(f"{where}: the weights in {name} do not fit the network described by {described} "
+                             f"({_one_line(err)})") from err
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception as one short line (first line of its message, with its type)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _load_stardist_pretrained(name: str) -> CellsegModel:
@@ -581,7 +953,7 @@ def _load_stardist_pretrained(name: str) -> CellsegModel:
         ) from err
     if sd_model is None:
         raise ModelLoadError(f"stardist does not know a pretrained model {name!r}")
-    model = _load_folder(Path(sd_model.logdir), origin=f"stardist:{name}")
+    model = _load_bundle(_FolderFiles(Path(sd_model.logdir), where=f"stardist's pretrained model {name}"))
     model.provenance.update({"name": name, "imported_from": f"stardist pretrained {name}"})
     return model
 
@@ -593,7 +965,8 @@ def set_seed(seed: int) -> None:
     import keras
     import tensorflow as tf
 
-    keras.utils.set_random_seed(int(seed))
+    seed = require_int(seed, "seed", 0, 2**32 - 1)
+    keras.utils.set_random_seed(seed)
     with contextlib.suppress(Exception):
         tf.config.experimental.enable_op_determinism()
 

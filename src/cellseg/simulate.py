@@ -12,9 +12,12 @@ on free pixels so it never splits an earlier one, and each label is one 4-connec
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,8 +31,12 @@ __all__ = [
     "PRESETS",
     "SHAPES",
     "SimConfig",
+    "check_memory",
+    "check_prefix",
+    "iter_dataset",
     "simulate_dataset",
     "simulate_image",
+    "simulate_to_folder",
     "write_dataset",
 ]
 
@@ -212,6 +219,56 @@ def _size(size: int | Sequence[int]) -> tuple[int, int]:
     if min(shape) < 16:
         raise InputError(f"simulation parameter 'size'={size!r}: images must be at least 16x16")
     return shape
+
+
+def _seed(seed: object) -> None:
+    """Seeds are integers >= 0 (or None); NumPy refuses negative ones with a bare ValueError."""
+    if seed is None or isinstance(seed, np.random.Generator):
+        return
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"simulation parameter 'seed'={seed!r}: expected an integer >= 0")
+
+
+#: Peak memory of :func:`simulate_image` per pixel (float32 work arrays of the renderer; measured 34 bytes
+#: with tracemalloc for 512² to 2048² images, all presets), with a margin.
+WORK_BYTES_PER_PIXEL = 40
+#: Memory per pixel of a finished image and its labels (uint16 each).
+KEPT_BYTES_PER_PIXEL = 4
+
+
+def check_memory(shape: tuple[int, int], n_kept: int = 0) -> None:
+    """Refuse, before allocating, a simulation that does not fit in the available memory.
+
+    One image needs about :data:`WORK_BYTES_PER_PIXEL` bytes per pixel while it is made, and each of
+    `n_kept` finished images held in memory (by :func:`simulate_dataset`) another
+    :data:`KEPT_BYTES_PER_PIXEL`. The available memory is :func:`cellseg.io.available_memory`.
+    """
+    from cellseg.io import available_memory, format_bytes
+
+    h, w = shape
+    need = h * w * (WORK_BYTES_PER_PIXEL + KEPT_BYTES_PER_PIXEL * max(int(n_kept) - 1, 0))
+    avail = available_memory()
+    if avail is not None and need > avail:
+        what = f"{n_kept} images" if n_kept > 1 else "an image"
+        raise InputError(f"simulation parameter 'size'={h if h == w else (h, w)}: simulating {what} of {h}x{w} "
+                         f"pixels needs about {format_bytes(need)} of memory, but only {format_bytes(avail)} is "
+                         "available; choose a smaller size" + (" or fewer images" if n_kept > 1 else ""))
+
+
+def check_prefix(prefix: object) -> str:
+    """A file name prefix for :func:`write_dataset`: a plain name, so that every file stays in its folder
+    (no ``/``, ``\\`` or ``..``), and not hidden (folders are read without hidden files)."""
+    if not isinstance(prefix, str):
+        raise InputError(f"prefix {prefix!r}: expected a string")
+    seps = {"/", "\\", os.sep, *([os.altsep] if os.altsep else [])}
+    if any(c in prefix for c in seps) or "\0" in prefix:
+        raise InputError(f"prefix {prefix!r}: must be a plain file name prefix without '/' or '\\'; the files "
+                         "are written into the images/ and masks/ folders of the output folder")
+    if prefix.startswith("."):
+        raise InputError(f"prefix {prefix!r}: must not start with '.' (hidden files, which are not read as images)")
+    if len(prefix) > 200:
+        raise InputError(f"prefix {prefix[:20]!r}...: too long ({len(prefix)} characters, at most 200)")
+    return prefix
 
 
 # ----------------------------------------------------------------------------------------------
@@ -420,10 +477,44 @@ def simulate_image(
     """
     shape = _size(size)
     _check_args(preset, overrides)
+    _seed(seed)
+    check_memory(shape)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     cfg = _config(preset, rng, overrides)
     labels, bright = _draw_objects(shape, cfg, rng)
     return _render(labels, bright, cfg, rng), labels
+
+
+def _check_dataset_args(n: object, size: int | Sequence[int], preset: str, seed: object,
+                        overrides: dict) -> tuple[int, tuple[int, int]]:
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
+        raise InputError(f"simulation parameter 'n'={n!r}: expected an integer >= 0")
+    shape = _size(size)
+    _check_args(preset, overrides)
+    _seed(seed)
+    return int(n), shape
+
+
+def iter_dataset(
+    n: int,
+    size: int | tuple[int, int] = 256,
+    preset: str = "low_noise",
+    seed: int = 0,
+    progress: Progress | None = None,
+    **overrides,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The images of :func:`simulate_dataset` one at a time (image and labels), so that only one image is
+    in memory. The arguments are checked (and the memory for one image) before the first image is made."""
+    n, shape = _check_dataset_args(n, size, preset, seed, overrides)
+    check_memory(shape)
+
+    def generate() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for i, child in enumerate(np.random.SeedSequence(seed).spawn(n)):
+            yield simulate_image(shape, preset, np.random.default_rng(child), **overrides)
+            if progress is not None:
+                progress((i + 1) / n, f"simulated image {i + 1}/{n}")
+
+    return generate()
 
 
 def simulate_dataset(
@@ -437,25 +528,82 @@ def simulate_dataset(
     """Simulate `n` images with labels, deterministically for a given `seed`.
 
     Image ``i`` uses its own child seed of `seed` (:class:`numpy.random.SeedSequence`), so it is the same
-    whatever `n` is. `progress(fraction, message)` is called after each image.
+    whatever `n` is. `progress(fraction, message)` is called after each image. Before any image is made,
+    the memory they need is checked (:func:`check_memory`): a dataset that does not fit is an InputError
+    (:func:`iter_dataset` and :func:`simulate_to_folder` hold only one image at a time).
 
     Returns
     -------
     images, labels : list of ndarray
         uint16 images and uint16 label images (see :func:`simulate_image`).
     """
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
-        raise InputError(f"simulation parameter 'n'={n!r}: expected an integer >= 0")
-    shape = _size(size)
-    _check_args(preset, overrides)
+    n, shape = _check_dataset_args(n, size, preset, seed, overrides)
+    check_memory(shape, n_kept=n)
     images, labels = [], []
-    for i, child in enumerate(np.random.SeedSequence(seed).spawn(int(n))):
-        img, lbl = simulate_image(shape, preset, np.random.default_rng(child), **overrides)
+    for img, lbl in iter_dataset(n, shape, preset, seed, progress, **overrides):
         images.append(img)
         labels.append(lbl)
-        if progress is not None:
-            progress((i + 1) / n, f"simulated image {i + 1}/{n}")
     return images, labels
+
+
+def dataset_names(n: int, prefix: str = "sim") -> list[str]:
+    """File names of :func:`write_dataset`: ``<prefix>_0000.tif``, ..."""
+    return [f"{check_prefix(prefix)}_{i:04d}.tif" for i in range(n)]
+
+
+def _check_dataset_target(out: Path, names: Sequence[str], overwrite: bool) -> None:
+    """Before any work: the dataset folders can be written and no file there would be replaced."""
+    from cellseg.io import check_writable_location
+
+    for d in (out, out / "images", out / "masks"):
+        if os.path.lexists(d) and (d.is_symlink() or not d.is_dir()):
+            raise InputError(f"{d} exists and is not a folder; choose a new output folder")
+    if not overwrite:
+        existing = [p for name in names for p in (out / "images" / name, out / "masks" / name) if os.path.lexists(p)]
+        if existing:
+            raise InputError(f"{existing[0]} exists ({len(existing)} of the {2 * len(names)} files to write "
+                             "exist already); refusing to overwrite them: choose a new output folder or another "
+                             "prefix")
+    check_writable_location(out / "images", "dataset folder")
+
+
+@contextlib.contextmanager
+def _temporary_dataset(out: Path) -> Iterator[tuple[Path, bool]]:
+    """A temporary folder for the new files: ``(folder, move)``. A missing or empty `out` is written whole
+    and renamed into place (:func:`cellseg.io.atomic_folder`); in an existing folder the files are written
+    to a hidden sibling first and moved in at the end (``move`` True). Removed on failure either way."""
+    from cellseg.io import atomic_folder
+
+    if not os.path.lexists(out) or not any(out.iterdir()):
+        with atomic_folder(out, "dataset folder") as tmp:
+            yield tmp, False
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=".simulate.", suffix=".tmp", dir=out))
+    try:
+        yield tmp, True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_pairs(out_dir: str | os.PathLike, pairs: Iterable[tuple[np.ndarray, np.ndarray]], names: Sequence[str],
+                 overwrite: bool) -> tuple[Path, Path]:
+    from cellseg.io import write_image
+
+    out = Path(out_dir)
+    _check_dataset_target(out, names, overwrite)
+    with _temporary_dataset(out) as (tmp, move):
+        for name, (img, lbl) in zip(names, pairs, strict=True):
+            write_image(tmp / "images" / name, img)
+            write_image(tmp / "masks" / name, lbl)
+        if not names:
+            (tmp / "images").mkdir()
+            (tmp / "masks").mkdir()
+        if move:  # all files are written: move them in (the folders are checked above)
+            for sub in ("images", "masks"):
+                (out / sub).mkdir(exist_ok=True)
+                for name in names:
+                    os.replace(tmp / sub / name, out / sub / name)
+    return out / "images", out / "masks"
 
 
 def write_dataset(
@@ -463,28 +611,42 @@ def write_dataset(
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
     prefix: str = "sim",
+    overwrite: bool = False,
 ) -> tuple[Path, Path]:
     """Write images and labels as ``out_dir/images/<prefix>_0000.tif`` and ``out_dir/masks/<same>``.
 
     The layout is the image/mask folder pair that :func:`cellseg.io.load_pairs` and the CLI read.
+    `prefix` is a plain name (:func:`check_prefix`), so nothing is written outside those folders.
+    Existing files of the same names are an InputError unless `overwrite`; the set is written all or
+    nothing (into a temporary folder first).
 
     Returns
     -------
     images_dir, masks_dir : Path
     """
-    from cellseg.io import write_image
-
     if len(images) != len(labels):
         raise InputError(f"{out_dir}: {len(images)} images but {len(labels)} label images")
-    out = Path(out_dir)
-    images_dir, masks_dir = out / "images", out / "masks"
-    try:
-        images_dir.mkdir(parents=True, exist_ok=True)
-        masks_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{out}: cannot create the dataset folders ({exc.strerror or exc})") from exc
-    for i, (img, lbl) in enumerate(zip(images, labels, strict=True)):
-        name = f"{prefix}_{i:04d}.tif"
-        write_image(images_dir / name, img)
-        write_image(masks_dir / name, lbl)
-    return images_dir, masks_dir
+    names = dataset_names(len(images), prefix)
+    return _write_pairs(out_dir, zip(images, labels), names, overwrite)
+
+
+def simulate_to_folder(
+    out_dir: str | os.PathLike,
+    n: int,
+    size: int | tuple[int, int] = 256,
+    preset: str = "low_noise",
+    seed: int = 0,
+    prefix: str = "sim",
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    **overrides,
+) -> tuple[Path, Path]:
+    """Simulate `n` images (as :func:`simulate_dataset`) straight into a dataset folder (as
+    :func:`write_dataset`), one image in memory at a time. Everything is checked before the first image
+    is made: the arguments, the output location (nothing is overwritten unless `overwrite`) and the memory
+    for one image."""
+    n, shape = _check_dataset_args(n, size, preset, seed, overrides)
+    names = dataset_names(n, prefix)
+    _check_dataset_target(Path(out_dir), names, overwrite)
+    pairs = iter_dataset(n, shape, preset, seed, progress, **overrides)
+    return _write_pairs(out_dir, pairs, names, overwrite)

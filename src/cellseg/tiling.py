@@ -32,8 +32,17 @@ import numpy as np
 import pandas as pd
 
 from cellseg import io as cio
-from cellseg.errors import CancelledError, InputError
-from cellseg.prediction import _COLUMN_DTYPES, OBJECT_COLUMNS, candidates, polygon_wkt, resolve_thresholds
+from cellseg.errors import CancelledError, InputError, require_callable, require_int, require_pair
+from cellseg.prediction import (
+    _COLUMN_DTYPES,
+    OBJECT_COLUMNS,
+    as_image_array,
+    candidates,
+    channel_mismatch,
+    check_model,
+    polygon_wkt,
+    resolve_thresholds,
+)
 
 __all__ = [
     "DEFAULT_OVERLAP",
@@ -144,18 +153,13 @@ def plan_tiles(shape: tuple[int, int], tile_size: int | tuple[int, int] = 1024, 
     ``tile_size + 2 * overlap`` is one tile. Overlap, extent sizes and starts are multiples of ``divisor``
     (the network's; keeps stardist's grid aligned).
     """
-    if len(shape) < 2:
-        raise InputError(f"plan_tiles: shape {shape} must be (H, W)")
-    h, w = int(shape[0]), int(shape[1])
-    ts = (tile_size, tile_size) if np.isscalar(tile_size) else tuple(tile_size)  # type: ignore[arg-type]
-    if len(ts) != 2 or any(int(t) < 1 for t in ts):
-        raise InputError(f"tile_size={tile_size!r} must be a positive integer or a pair of them")
-    if h < 1 or w < 1:
-        raise InputError(f"plan_tiles: image shape {shape} is empty")
-    divisor = max(1, int(divisor))
-    overlap = DEFAULT_OVERLAP if overlap is None else int(overlap)
-    if overlap < 0:
-        raise InputError(f"overlap={overlap} must be >= 0")
+    h, w = _shape2d(shape, "plan_tiles: shape")
+    try:
+        ts = require_pair(tile_size, "tile_size", lo=1)
+    except InputError:
+        raise InputError(f"tile_size={tile_size!r} must be a positive integer or a pair of them") from None
+    divisor = require_int(divisor, "divisor", 1)
+    overlap = DEFAULT_OVERLAP if overlap is None else require_int(overlap, "overlap", 0)
     overlap = _round_up(overlap, divisor)
     ty, tx = (max(divisor, _round_up(int(t), divisor)) for t in ts)
     tiles = []
@@ -168,7 +172,7 @@ def plan_tiles(shape: tuple[int, int], tile_size: int | tuple[int, int] = 1024, 
 def split_image(image: np.ndarray, tile_size: int | tuple[int, int] = 1024, overlap: int | None = None,
                 divisor: int = 1) -> list[tuple[Tile, np.ndarray]]:
     """Cut a ``YX``/``YXC`` image into overlapping tiles (views, not copies) as :func:`plan_tiles`."""
-    image = np.asarray(image)
+    image = as_image_array(image, "split_image: image")
     if image.ndim not in (2, 3):
         raise InputError(f"split_image: image has shape {image.shape}; expected YX or YXC")
     return [(t, image[t.slices]) for t in plan_tiles(image.shape[:2], tile_size, overlap, divisor)]
@@ -186,9 +190,15 @@ def merge_labels(shape: tuple[int, int], tiles: Sequence[Tile], tile_labels: Seq
     """
     from scipy import ndimage
 
+    h, w = _shape2d(shape, "merge_labels: shape")
+    for what, seq in (("tiles", tiles), ("tile_labels", tile_labels)):
+        if isinstance(seq, (str, bytes)) or not isinstance(seq, (Sequence, np.ndarray)):
+            raise InputError(f"merge_labels: {what} must be a list, not {type(seq).__name__}")
     if len(tiles) != len(tile_labels):
         raise InputError(f"merge_labels: {len(tiles)} tiles but {len(tile_labels)} label images")
-    h, w = int(shape[0]), int(shape[1])
+    bad = [type(t).__name__ for t in tiles if not isinstance(t, Tile)]
+    if bad:
+        raise InputError(f"merge_labels: tiles must be Tile objects (from plan_tiles or split_image), got {bad[0]}")
     out = np.zeros((h, w), np.int32)
     next_id = 1
     for tile, lab in zip(tiles, tile_labels):
@@ -230,6 +240,20 @@ def merge_labels(shape: tuple[int, int], tiles: Sequence[Tile], tile_labels: Seq
     return _relabel_contiguous(out)
 
 
+def _shape2d(shape: Any, what: str) -> tuple[int, int]:
+    """``(H, W)`` from a shape (extra trailing axes, e.g. channels, are ignored); InputError otherwise."""
+    import numbers
+
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (Sequence, np.ndarray)) or len(shape) < 2:
+        raise InputError(f"{what} {shape!r} must be (H, W)")
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in shape[:2]):
+        raise InputError(f"{what} {tuple(shape)} must be integers (H, W)")
+    h, w = int(shape[0]), int(shape[1])
+    if h < 1 or w < 1:
+        raise InputError(f"{what} {tuple(shape)} is empty")
+    return h, w
+
+
 def _relabel_contiguous(labels: np.ndarray) -> np.ndarray:
     ids = np.unique(labels)
     if len(ids) and ids[-1] == len(ids) - (1 if ids[0] == 0 else 0):
@@ -250,9 +274,12 @@ class _Source:
         self.array: np.ndarray | None = None
         if isinstance(source, np.ndarray):
             self.name = "image"
-            self.array = source
-            self._set_layout(source.shape, source.dtype)
+            self.array = source.astype(np.uint8) if source.dtype == bool else source
+            self._set_layout(source.shape, self.array.dtype)
             return
+        if not isinstance(source, (str, os.PathLike)) or not str(source).strip():
+            raise InputError(f"source={source!r} must be an image file (path) or a YX/YXC numpy array, not "
+                             f"{type(source).__name__}")
         path = Path(source)
         self.name = str(path)
         if not path.is_file():
@@ -268,6 +295,7 @@ class _Source:
     def _set_layout(self, shape: tuple[int, ...], dtype: Any) -> None:
         if len(shape) not in (2, 3) or min(shape[:2]) < 1:
             raise InputError(f"{self.name}: image has shape {tuple(shape)}; expected a 2D YX or YXC image")
+        self.full_shape = tuple(int(s) for s in shape)
         self.shape = (int(shape[0]), int(shape[1]))
         self.channels = 1 if len(shape) == 2 else int(shape[2])
         self.ndim = len(shape)
@@ -298,11 +326,14 @@ class _Source:
             self.close()
             raise InputError(f"{path}: planar multi-channel TIFFs cannot be streamed; save channels last "
                              "(contiguous) or predict without tiling")
-        if len(self.tif.pages) > 1 and len(self.tif.series[0].shape) > len(shape):
+        try:
+            stack = _stack_problem(path, self.tif)
+        except Exception as exc:  # tifffile raises many kinds on broken files
+            stack = f"{path}: cannot read TIFF, the file is truncated or corrupt ({type(exc).__name__}: {exc})"
+        if stack is not None:
             with contextlib.suppress(Exception):
                 self.close()
-            raise InputError(f"{path}: has {len(self.tif.series[0].shape)}D data (a stack); expected one 2D "
-                             "image")
+            raise InputError(stack)
         self._set_layout(shape, page.dtype)
         self.contiguous = None
         if page.is_memmappable:
@@ -412,6 +443,7 @@ def receptive_field(model: Any) -> int:
     ``2 ** (depth + 3)``). Measuring costs two network calls on a new input shape (~0.4 s on a CPU), so
     the value is kept in ``model.geometry`` with the weights' fingerprint, and saved with the model.
     """
+    check_model(model)
     geometry = getattr(model, "geometry", None)
     fingerprint = model.fingerprint()
     if isinstance(geometry, dict) and geometry.get("fingerprint") == fingerprint and "receptive_field" in geometry:
@@ -546,6 +578,8 @@ class _Objects:
 def _normalizer(source: _Source) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel 1 / 99.8 percentiles (as :func:`cellseg.io.normalize`) of a strided subsample."""
     sample = source.sample()
+    if sample.dtype == bool:
+        sample = sample.astype(np.uint8)
     if np.issubdtype(sample.dtype, np.floating) and not np.isfinite(sample).all():
         raise InputError(f"{source.name}: image has NaN or infinite values")
     mi = np.percentile(sample, 1.0, axis=(0, 1), keepdims=True).astype(np.float32)
@@ -634,22 +668,27 @@ def predict_large(model: Any, source: str | os.PathLike | np.ndarray, out_path: 
         ``objects`` has :data:`cellseg.prediction.OBJECT_COLUMNS` in image coordinates; labels are
         1..N in tile order (an object fully hidden under others keeps its number and has no row).
     """
+    check_model(model)
     prob, nms = resolve_thresholds(model, prob_thresh, nms_thresh)
     if label_dtype not in ("uint32", "uint16"):
         raise InputError(f"label_dtype={label_dtype!r} must be 'uint32' or 'uint16'")
+    tile_size = require_int(tile_size, "tile_size", 1)
+    if overlap is not None:
+        overlap = require_int(overlap, "overlap", 0)
+    require_callable(progress, "progress")
+    require_callable(should_cancel, "should_cancel")
+    if out_path is not None and (not isinstance(out_path, (str, os.PathLike)) or not str(out_path).strip()):
+        raise InputError(f"out_path={out_path!r} must be a .tif path (or None), not {type(out_path).__name__}")
     out = Path(out_path) if out_path is not None else None
     if out is not None:
         _check_out_path(out)
     src = _Source(source)
     try:
         if src.channels != model.config.n_channel_in:
-            raise InputError(f"{src.name}: image has {src.channels} channel(s) but the model expects "
-                             f"{model.config.n_channel_in}")
+            raise InputError(channel_mismatch(src.name, src.full_shape, model.config.n_channel_in))
         div = model.config.divisor
-        ov = default_overlap(model) if overlap is None else int(overlap)
-        if tile_size < 1:
-            raise InputError(f"tile_size={tile_size} must be >= 1")
-        _check_geometry(model, (int(tile_size), int(tile_size)), ov)
+        ov = default_overlap(model) if overlap is None else overlap
+        _check_geometry(model, (tile_size, tile_size), ov)
         tiles = plan_tiles(src.shape, tile_size, ov, div)
         ov = _round_up(ov, div)
         net_shape = tuple(_round_up(max(t.shape[a] for t in tiles), div) for a in (0, 1))
@@ -807,9 +846,12 @@ def _image_size(path: Path) -> tuple[int, int]:
         try:
             with tifffile.TiffFile(path) as tif:
                 shape = tif.pages.first.shape
-            return int(shape[0]), int(shape[1])
+                stack = _stack_problem(path, tif, streaming=False)
         except Exception as exc:
             raise InputError(f"{path}: cannot read TIFF header, the file is truncated or corrupt ({exc})") from exc
+        if stack is not None:
+            raise InputError(stack)
+        return int(shape[0]), int(shape[1])
     from PIL import Image
 
     try:
@@ -817,6 +859,36 @@ def _image_size(path: Path) -> tuple[int, int]:
             return int(im.height), int(im.width)
     except Exception as exc:
         raise InputError(f"{path}: cannot read image header ({exc})") from exc
+
+
+def _stack_problem(path: Path, tif: Any, streaming: bool = True) -> str | None:
+    """Why the TIFF ``tif`` cannot be segmented as one 2D image (None if it can), judged from its first
+    series' axes as :func:`cellseg.io.read_image` does: Z stacks and time series (axes ``Z``, ``T``) and
+    stacks of more than ``MAX_UNLABELLED_PAGES`` pages without axes metadata are refused. Channels
+    stored as separate pages (ImageJ/OME ``C``, or a few unlabelled pages, which ``read_image`` reads as
+    channels) cannot be streamed: refused only when ``streaming``."""
+    series = tif.series[0]
+    axes, shape = str(series.axes), tuple(int(n) for n in series.shape)
+    size = "x".join(str(n) for n in shape)
+    stacks = [(a, n) for a, n in zip(axes, shape) if a not in "YXCS" and n > 1]
+    named = {"Z": ("Z stack", "slices", "slice"), "T": ("time series", "time points", "time point")}
+    for a, n in stacks:
+        if a in named:
+            kind, planes, plane = named[a]
+            return (f"{path}: a {kind} of {n} {planes} (axes {axes}, shape {size}), not a 2D image; cellseg "
+                    f"segments 2D images: save one {plane} or a projection as its own file")
+    max_pages = int(getattr(cio, "MAX_UNLABELLED_PAGES", 4))
+    samples = any(a in "CS" and n > 1 for a, n in zip(axes, shape))
+    if stacks and (len(stacks) > 1 or stacks[0][1] > max_pages or samples):
+        total = math.prod(n for _, n in stacks)
+        return (f"{path}: a stack of {total} pages (axes {axes}, shape {size}) without metadata that says they "
+                "are channels; cellseg segments 2D images (a Z stack or time series needs one plane or a "
+                "projection saved as its own file)")
+    paged = stacks or [(a, n) for a, n in zip(axes, shape) if a == "C" and n > 1]
+    if paged and streaming:
+        return (f"{path}: stores {paged[0][1]} channels as separate pages (axes {axes}, shape {size}); tiled "
+                "prediction reads channels-last images: save it as YXC or predict it untiled (--tiled never)")
+    return None
 
 
 def cli_predictor(model: Any, args: Any) -> _CliPredictor | None:

@@ -24,8 +24,16 @@ import numpy as np
 import pandas as pd
 
 from cellseg import io as cio
-from cellseg.errors import InputError
-from cellseg.models import CellsegModel, ModelConfig, set_seed
+from cellseg.errors import (
+    InputError,
+    require_bool,
+    require_callable,
+    require_int,
+    require_number,
+    require_pair,
+)
+from cellseg.models import CellsegModel, ModelConfig, as_model_config, set_seed, strict_init
+from cellseg.prediction import as_image_array, channel_mismatch, check_model
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +41,14 @@ ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
 
 
+@strict_init
 @dataclass
 class TrainConfig:
     """How to train (the architecture is in :class:`~cellseg.models.ModelConfig`).
+
+    Unknown parameter names and values of a wrong type (e.g. ``epochs="3"``) raise :class:`InputError`
+    naming them when the config is made; value ranges are checked by :meth:`validate` (called by
+    :func:`train`, :func:`retrain` and :func:`fit`).
 
     Parameters
     ----------
@@ -44,14 +57,16 @@ class TrainConfig:
     learning_rate
         Adam learning rate; ``None`` uses the model's own (``ModelConfig.learning_rate``).
     batch_size, patch_size
-        Override the model's training batch and patch size (``None`` keeps them).
+        Override the model's training batch and patch size (``None`` keeps them; one integer ``p`` for
+        the patch size means ``(p, p)``).
     augment
         Random flips, 90 degree rotations, intensity scale/shift and noise on training patches.
     validation_fraction
         Share of the images held back for validation and threshold optimisation. With fewer than
         3 images the training images themselves are used for validation.
     seed
-        Seeds weights init, patch sampling and augmentation: the same seed gives the same weights.
+        Seeds weights init, patch sampling and augmentation: the same seed gives the same weights
+        (an integer in [0, 2**32 - 1]).
     optimize_thresholds
         Optimise the probability and NMS thresholds on the validation images after training.
     freeze_encoder
@@ -84,20 +99,40 @@ class TrainConfig:
     reinit_heads: bool = False
     mix_fraction: float = 0.25
 
+    def __post_init__(self) -> None:
+        self._check_types()
+
+    def _check_types(self) -> None:
+        """Types only (ranges are :meth:`validate`'s), so that settings can be made and checked later."""
+        for name in ("epochs", "steps_per_epoch", "seed", "freeze_encoder_epochs"):
+            setattr(self, name, require_int(getattr(self, name), name))
+        if self.batch_size is not None:
+            self.batch_size = require_int(self.batch_size, "batch_size")
+        if self.patch_size is not None:
+            self.patch_size = require_pair(self.patch_size, "patch_size")
+        for name in ("validation_fraction", "encoder_lr_factor", "mix_fraction"):
+            setattr(self, name, require_number(getattr(self, name), name))
+        if self.learning_rate is not None:
+            self.learning_rate = require_number(self.learning_rate, "learning_rate")
+        for name in ("augment", "optimize_thresholds", "freeze_encoder", "reduce_lr", "reinit_heads"):
+            setattr(self, name, require_bool(getattr(self, name), name))
+
     def validate(self) -> None:
-        checks = [
-            ("epochs", self.epochs >= 1, "must be >= 1"),
-            ("steps_per_epoch", self.steps_per_epoch >= 1, "must be >= 1"),
-            ("learning_rate", self.learning_rate is None or 0 < self.learning_rate < 1, "must be in (0, 1)"),
-            ("batch_size", self.batch_size is None or self.batch_size >= 1, "must be >= 1"),
-            ("validation_fraction", 0 <= self.validation_fraction < 1, "must be in [0, 1)"),
-            ("freeze_encoder_epochs", 0 <= self.freeze_encoder_epochs, "must be >= 0"),
-            ("encoder_lr_factor", 0 <= self.encoder_lr_factor <= 1, "must be in [0, 1]"),
-            ("mix_fraction", 0 < self.mix_fraction < 1, "must be in (0, 1)"),
-        ]
-        for name, ok, what in checks:
-            if not ok:
-                raise InputError(f"{name}={getattr(self, name)!r} {what}")
+        """Raise :class:`InputError` naming the first parameter of a wrong type or out of range."""
+        self._check_types()
+        require_int(self.epochs, "epochs", 1)
+        require_int(self.steps_per_epoch, "steps_per_epoch", 1)
+        require_int(self.seed, "seed", 0, 2**32 - 1)
+        require_int(self.freeze_encoder_epochs, "freeze_encoder_epochs", 0)
+        if self.learning_rate is not None:
+            require_number(self.learning_rate, "learning_rate", 0, 1, lo_open=True, hi_open=True)
+        if self.batch_size is not None:
+            require_int(self.batch_size, "batch_size", 1)
+        if self.patch_size is not None:
+            require_pair(self.patch_size, "patch_size", lo=1)
+        require_number(self.validation_fraction, "validation_fraction", 0, 1, hi_open=True)
+        require_number(self.encoder_lr_factor, "encoder_lr_factor", 0, 1)
+        require_number(self.mix_fraction, "mix_fraction", 0, 1, lo_open=True, hi_open=True)
 
     @property
     def total_steps(self) -> int:
@@ -189,18 +224,24 @@ def prepare_data(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], conf
                  patch_size: Sequence[int], names: Sequence[str] | None = None,
                  label_components: bool = False) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Validate and normalise image/mask pairs for ``config``; errors name the image."""
+    images = _image_list(images, "images")
+    masks = _image_list(masks, "masks")
+    patch_size = require_pair(patch_size, "patch_size", lo=1)
     if len(images) == 0:
         raise InputError("no training images given")
     if len(images) != len(masks):
         raise InputError(f"{len(images)} images but {len(masks)} masks")
-    names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
+    names = _check_names(names, len(images))
     X, Y = [], []
     for name, img, mask in zip(names, images, masks):
-        img = cio.check_image(np.asarray(img), name)
+        img = as_image_array(img, name)
+        if img.ndim == 3 and img.shape[-1] != config.n_channel_in and img.shape[0] < img.shape[-1]:
+            raise InputError(channel_mismatch(name, img.shape, config.n_channel_in))
+        img = cio.check_image(img, name)
         channels = 1 if img.ndim == 2 else img.shape[-1]
         if channels != config.n_channel_in:
-            raise InputError(f"{name}: image has {channels} channel(s) but the model expects {config.n_channel_in}")
-        mask = cio.check_mask(np.asarray(mask), name, label_components=label_components)
+            raise InputError(channel_mismatch(name, img.shape, config.n_channel_in))
+        mask = cio.check_mask(as_image_array(mask, f"{name}: mask"), name, label_components=label_components)
         if mask.shape != img.shape[:2]:
             raise InputError(f"{name}: mask shape {mask.shape} does not match image shape {img.shape[:2]}")
         if any(s < p for s, p in zip(img.shape[:2], patch_size)):
@@ -210,11 +251,76 @@ def prepare_data(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], conf
             )
         X.append(cio.normalize(img))
         Y.append(mask)
+    cio.check_annotations(Y, "training data")
     return X, Y
+
+
+def _image_list(images: Any, what: str) -> list[Any]:
+    """``images`` as a list; a single 2D array (not a list of images) or a non-sequence is refused."""
+    if isinstance(images, np.ndarray) and images.ndim == 2:
+        raise InputError(f"{what} is one 2D image (shape {images.shape}); pass a list of images, e.g. [image]")
+    if images is None or isinstance(images, (str, bytes)) or not hasattr(images, "__iter__"):
+        raise InputError(f"{what} must be a list of image arrays, not {type(images).__name__}")
+    return list(images)
+
+
+def _check_names(names: Any, n: int) -> list[str]:
+    """One name per image (default ``image i``); InputError for a string or a list of another length."""
+    if names is None:
+        return [f"image {i}" for i in range(n)]
+    if isinstance(names, (str, bytes)) or not isinstance(names, Sequence):
+        raise InputError(f"names must be a list of one name per image, not {type(names).__name__}")
+    if len(names) != n:
+        raise InputError(f"{len(names)} names for {n} images; give one name per image")
+    return [str(x) for x in names]
+
+
+def _pair_of_lists(data: Any, what: str) -> tuple[list[Any], list[Any]]:
+    """``(images, masks)`` of ``validation=`` / ``mix_data=``; InputError naming ``what`` otherwise."""
+    if isinstance(data, (str, bytes)) or not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise InputError(f"{what} must be a pair (images, masks) of two lists, not {type(data).__name__}"
+                         + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""))
+    return _image_list(data[0], f"{what} images"), _image_list(data[1], f"{what} masks")
+
+
+def _check_training_args(names: Any, n_images: int | None, validation: Any, progress: Any, should_cancel: Any,
+                         mix_data: Any, label_components: Any, data_description: Any) -> None:
+    """The arguments of :func:`train`/:func:`retrain`/:func:`fit` other than the data and configs."""
+    if names is not None and n_images is not None:
+        _check_names(names, n_images)
+    require_callable(progress, "progress")
+    require_callable(should_cancel, "should_cancel")
+    require_bool(label_components, "label_components")
+    if validation is not None:
+        _pair_of_lists(validation, "validation")
+    if mix_data is not None:
+        _pair_of_lists(mix_data, "mix_data")
+    if data_description is not None and not isinstance(data_description, str):
+        raise InputError(f"data_description must be a string, not {type(data_description).__name__}")
+
+
+def _as_train_config(train_config: Any) -> TrainConfig:
+    """A validated :class:`TrainConfig` from one, a dict of its parameters, or None (the default)."""
+    if train_config is None:
+        train_config = TrainConfig()
+    elif isinstance(train_config, dict):
+        train_config = TrainConfig(**train_config)
+    elif not isinstance(train_config, TrainConfig):
+        raise InputError(f"train_config must be a TrainConfig (or a dict of its parameters), not "
+                         f"{type(train_config).__name__}")
+    train_config.validate()
+    return train_config
+
+
+def _n(images: Any) -> int | None:
+    return len(images) if hasattr(images, "__len__") and not isinstance(images, (str, bytes)) else None
 
 
 def split_validation(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Indices of training and validation images; with < 3 images validate on the training set."""
+    n = require_int(n, "n", 0)
+    fraction = require_number(fraction, "validation_fraction", 0, 1, hi_open=True)
+    seed = require_int(seed, "seed", 0, 2**32 - 1)
     if n < 3 or fraction <= 0:
         idx = list(range(n))
         return idx, idx
@@ -246,10 +352,12 @@ def train(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], model_confi
     progress, should_cancel
         ``progress(fraction, message)`` after every step; ``should_cancel()`` polled after every step.
     """
-    model_config = model_config or ModelConfig()
-    train_config = train_config or TrainConfig()
-    model_config.validate()
-    train_config.validate()
+    model_config = as_model_config(model_config)
+    train_config = _as_train_config(train_config)
+    _check_training_args(names, _n(images), validation, progress, should_cancel, None, label_components,
+                         data_description)
+    if not isinstance(model_name, str) or not model_name.strip():
+        raise InputError(f"model_name={model_name!r} must be a non-empty string")
     model = CellsegModel.create(model_config, seed=train_config.seed, name=model_name)
     return _fit(model, images, masks, train_config, kind="train", names=names, validation=validation,
                 progress=progress, should_cancel=should_cancel, data_description=data_description,
@@ -270,8 +378,10 @@ def retrain(model: CellsegModel, images: Sequence[np.ndarray], masks: Sequence[n
     and ``mix_data`` = (images, masks) of the pretraining domain, mixed in at ``mix_fraction`` of the
     training patches. Provenance records what it came from.
     """
-    train_config = train_config or TrainConfig()
-    train_config.validate()
+    check_model(model)
+    train_config = _as_train_config(train_config)
+    _check_training_args(names, _n(images), validation, progress, should_cancel, mix_data, label_components,
+                         data_description)
     new = model.copy()
     new.provenance.setdefault("retrained_from", [])
     new.provenance["retrained_from"] = [*model.provenance.get("retrained_from", []),
@@ -290,8 +400,12 @@ def fit(model: CellsegModel, images: Sequence[np.ndarray], masks: Sequence[np.nd
         mix_data: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None,
         kind: str = "retrain") -> TrainResult:
     """Train ``model`` itself (no copy), e.g. to evaluate it from ``progress`` while it trains."""
-    train_config = train_config or TrainConfig()
-    train_config.validate()
+    check_model(model)
+    train_config = _as_train_config(train_config)
+    _check_training_args(names, _n(images), validation, progress, should_cancel, mix_data, label_components,
+                         data_description)
+    if kind not in ("train", "retrain"):
+        raise InputError(f"kind={kind!r} must be 'train' or 'retrain'")
     return _fit(model, images, masks, train_config, kind=kind, names=names, validation=validation,
                 progress=progress, should_cancel=should_cancel, data_description=data_description,
                 label_components=label_components, mix_data=mix_data)
@@ -307,7 +421,9 @@ def _fit(model: CellsegModel, images, masks, cfg: TrainConfig, *, kind: str, nam
         raise InputError(f"patch_size={patch_size} must be multiples of {mc.divisor} (grid x 2**unet_n_depth)")
     X, Y = prepare_data(images, masks, mc, patch_size, names=names, label_components=label_components)
     if validation is not None:
-        Xv, Yv = prepare_data(validation[0], validation[1], mc, patch_size, label_components=label_components)
+        val_images, val_masks = _pair_of_lists(validation, "validation")
+        Xv, Yv = prepare_data(val_images, val_masks, mc, patch_size, label_components=label_components,
+                              names=[f"validation image {i}" for i in range(len(val_images))])
         train_idx = list(range(len(X)))
         val_note = f"{len(Xv)} separate validation images"
     else:
@@ -317,9 +433,10 @@ def _fit(model: CellsegModel, images, masks, cfg: TrainConfig, *, kind: str, nam
         val_note = (f"{len(val_idx)} of the images held back" if train_idx != val_idx
                     else "the training images (fewer than 3 images)")
     mix_note, n_train = None, len(X)
-    if mix_data is not None and len(mix_data[0]):
-        Xm, Ym = prepare_data(mix_data[0], mix_data[1], mc, patch_size, names=[f"mix image {i}" for i in
-                              range(len(mix_data[0]))], label_components=label_components)
+    mix_images, mix_masks = _pair_of_lists(mix_data, "mix_data") if mix_data is not None else ([], [])
+    if mix_images:
+        Xm, Ym = prepare_data(mix_images, mix_masks, mc, patch_size, names=[f"mix image {i}" for i in
+                              range(len(mix_images))], label_components=label_components)
         X, Y, mix_note = mix_training_data(X, Y, Xm, Ym, cfg.mix_fraction)
 
     lr = cfg.learning_rate or mc.learning_rate
@@ -401,7 +518,10 @@ def mix_training_data(X: list[np.ndarray], Y: list[np.ndarray], Xm: list[np.ndar
     stardist draws training images uniformly, so the target images are repeated (or the mixed-in images
     subsampled) until the mixed-in share of the list is ``fraction``. Returns a note for the provenance.
     """
+    fraction = require_number(fraction, "mix_fraction", 0, 1, lo_open=True, hi_open=True)
     n, m = len(X), len(Xm)
+    if n == 0 or m == 0:
+        raise InputError(f"mix_training_data: {n} target and {m} mixed-in images; both must be at least one")
     reps = (1 - fraction) * m / (fraction * n)
     if reps >= 1:
         r = round(reps)
@@ -417,6 +537,9 @@ def mix_training_data(X: list[np.ndarray], Y: list[np.ndarray], Xm: list[np.ndar
 def reinit_heads(model: CellsegModel, seed: int = 0) -> list[str]:
     """Re-initialise the output heads (``prob``, ``dist``) like a new model; returns their names."""
     import keras
+
+    check_model(model)
+    seed = require_int(seed, "seed", 0, 2**32 - 1)
 
     hook = getattr(model.stardist, "head_layers", None)
     heads = list(hook()) if hook is not None else [
@@ -472,7 +595,12 @@ def _best_val_loss(callbacks: list[Any]) -> float | None:
 def optimize_thresholds(model: CellsegModel, X: Sequence[np.ndarray], Y: Sequence[np.ndarray],
                         max_images: int = 32) -> dict[str, float]:
     """Choose the probability and NMS thresholds that maximise accuracy on ``(X, Y)`` (normalised)."""
-    X, Y = list(X)[:max_images], list(Y)[:max_images]
+    check_model(model)
+    max_images = require_int(max_images, "max_images", 1)
+    X, Y = _image_list(X, "X")[:max_images], _image_list(Y, "Y")[:max_images]
+    if not X or len(X) != len(Y):
+        raise InputError(f"optimize_thresholds: {len(X)} images and {len(Y)} masks; need as many masks as "
+                         "images, at least one")
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         model.stardist.optimize_thresholds(X, Y, save_to_json=False,
                                            optimize_kwargs={"verbose": 0, "tol": 1e-2, "maxiter": 20})

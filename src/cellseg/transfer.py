@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -161,8 +162,11 @@ def _one_run(init: CellsegModel | None, mc: ModelConfig, images: list, masks: li
 def run_experiment(cfg: TLConfig, out: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the experiment and write CSV, markdown and plots to ``out``; returns the tables and notes."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(out) and not out.is_dir():
+        raise InputError(f"output folder {out} exists and is not a folder; choose a new folder")
+    cio.check_writable_location(out / "runs.csv", "output folder")  # before any training
     mc = cfg.model_config()
+    out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     notes: list[str] = []
     inits: dict[str, CellsegModel | None] = {"scratch": None}
@@ -337,10 +341,6 @@ def plot(summary: pd.DataFrame, out: Path) -> list[Path]:
 
 # -- command line ---------------------------------------------------------------------------------
 
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
 def _words(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
@@ -369,30 +369,34 @@ def cmd_tl_eval(args: argparse.Namespace) -> int:
     for t in cfg.targets:
         if t not in TARGETS:
             raise InputError(f"--targets: {t!r} is unknown; choose from {TARGETS}")
+    for kind in cfg.pretrain:
+        if kind not in PRETRAIN_KINDS:
+            raise InputError(f"--pretrain: {kind!r} is unknown; choose from {PRETRAIN_KINDS}")
     run_experiment(cfg, args.out, log=(lambda m: None) if args.quiet else print)
     return 0
 
 
 def register_cli(sub: Any) -> None:
     """Add ``cellseg tl-eval``."""
+    from cellseg.cli import float_arg, int_arg, int_list_arg
     p = sub.add_parser("tl-eval", help="transfer-learning experiment: pretrained vs scratch over n and seeds")
     p.add_argument("--out", required=True, help="output folder (runs.csv, summary.csv, results.md, PNGs)")
     p.add_argument("--quick", action="store_true", help="tiny end-to-end run (smoke test)")
-    p.add_argument("--sizes", type=_ints, help="training-set sizes (default 2,5,10,50)")
-    p.add_argument("--seeds", type=_ints, help="seeds (default 0,1,2)")
+    p.add_argument("--sizes", type=int_list_arg(1), help="training-set sizes (default 2,5,10,50)")
+    p.add_argument("--seeds", type=int_list_arg(0, 2**32 - 1), help="seeds (default 0,1,2)")
     p.add_argument("--targets", type=_words, help=f"targets from {','.join(TARGETS)} (default high_noise,dsb2018)")
-    p.add_argument("--steps", type=int, help="training steps per run, equal for all initialisations (default 200)")
-    p.add_argument("--checkpoints", type=int, help="evaluations per run incl. the final one (default 4)")
+    p.add_argument("--steps", type=int_arg(1), help="training steps per run, equal for all initialisations (default 200)")
+    p.add_argument("--checkpoints", type=int_arg(1), help="evaluations per run incl. the final one (default 4)")
     p.add_argument("--pretrained", type=_named_source, action="append", metavar="NAME=SOURCE",
                    help="a pretrained initialisation (model folder, .zip or name); repeatable")
     p.add_argument("--pretrain", type=_words, help=f"pretrain in this run on some of {','.join(PRETRAIN_KINDS)}")
-    p.add_argument("--pretrain-steps", type=int, help="steps of each pretraining (default 400)")
-    p.add_argument("--n-pretrain-images", type=int, help="images per pretraining set (default 64)")
-    p.add_argument("--n-test", type=int, help="test images per target (default 12)")
-    p.add_argument("--image-size", type=int, help="simulated image side (default 128)")
-    p.add_argument("--target-ap", type=float, help="AP@0.5 for 'steps to target' (default 0.5)")
-    p.add_argument("--learning-rate", type=float, help="Adam learning rate (default 3e-4)")
-    p.add_argument("--filters", type=int, help="base filters of the scratch/pretrain model (default 16)")
-    p.add_argument("--depth", type=int, help="U-Net depth of the scratch/pretrain model (default 3)")
+    p.add_argument("--pretrain-steps", type=int_arg(1), help="steps of each pretraining (default 400)")
+    p.add_argument("--n-pretrain-images", type=int_arg(1), help="images per pretraining set (default 64)")
+    p.add_argument("--n-test", type=int_arg(1), help="test images per target (default 12)")
+    p.add_argument("--image-size", type=int_arg(16), help="simulated image side (default 128)")
+    p.add_argument("--target-ap", type=float_arg(0, 1, lo_open=True), help="AP@0.5 for 'steps to target' (default 0.5)")
+    p.add_argument("--learning-rate", type=float_arg(0, 1, lo_open=True, hi_open=True), help="Adam learning rate (default 3e-4)")
+    p.add_argument("--filters", type=int_arg(1, 4096), help="base filters of the scratch/pretrain model (default 16)")
+    p.add_argument("--depth", type=int_arg(1, 6), help="U-Net depth of the scratch/pretrain model (default 3)")
     p.add_argument("--no-optimize-thresholds", action="store_true", help="keep default thresholds (faster)")
     p.set_defaults(func=cmd_tl_eval)

@@ -304,15 +304,16 @@ class StarDistLearner:
         except InputError as err:
             raise knext.InvalidParametersError(str(err)) from err
         exec_context.set_progress(0.1, f"building the {mc.backbone} model")
-        try:
-            result = train(images, masks, mc, tc, names=names, progress=kt.progress_fn(exec_context, 0.1, 0.98),
-                           should_cancel=exec_context.is_canceled, model_name=self.advanced.model_name,
-                           data_description=f"KNIME table, {len(images)} images",
-                           label_components=self.advanced.label_components)
-        except CancelledError as err:
-            raise kt.canceled_error(err) from err
-        except InputError as err:
-            raise ValueError(str(err)) from err
+        with kt.warnings_to(exec_context):
+            try:
+                result = train(images, masks, mc, tc, names=names, progress=kt.progress_fn(exec_context, 0.1, 0.98),
+                               should_cancel=exec_context.is_canceled, model_name=self.advanced.model_name,
+                               data_description=f"KNIME table, {len(images)} images",
+                               label_components=self.advanced.label_components)
+            except CancelledError as err:
+                raise kt.canceled_error(err) from err
+            except InputError as err:
+                raise ValueError(str(err)) from err
         return _finish(exec_context, result, f"StarDist Learner: {mc.backbone}, {len(images)} images")
 
 
@@ -456,15 +457,16 @@ class StarDistRetrainer:
         if self.strategy.mix_data == MixData.SIMULATED.name:
             kwargs["mix_data"] = _simulated_mix(base, images)
         exec_context.set_progress(0.1, "retraining")
-        try:
-            result = retrain(base, images, masks, tc, names=names, progress=kt.progress_fn(exec_context, 0.1, 0.98),
-                             should_cancel=exec_context.is_canceled,
-                             data_description=f"KNIME table, {len(images)} images",
-                             label_components=self.advanced.label_components, **kwargs)
-        except CancelledError as err:
-            raise kt.canceled_error(err) from err
-        except InputError as err:
-            raise ValueError(str(err)) from err
+        with kt.warnings_to(exec_context):
+            try:
+                result = retrain(base, images, masks, tc, names=names, progress=kt.progress_fn(exec_context, 0.1, 0.98),
+                                 should_cancel=exec_context.is_canceled,
+                                 data_description=f"KNIME table, {len(images)} images",
+                                 label_components=self.advanced.label_components, **kwargs)
+            except CancelledError as err:
+                raise kt.canceled_error(err) from err
+            except InputError as err:
+                raise ValueError(str(err)) from err
         if self.advanced.model_name and self.advanced.model_name != "cellseg":
             result.model.provenance["name"] = self.advanced.model_name
         return _finish(exec_context, result, f"StarDist Retrainer: {len(images)} images")

@@ -203,6 +203,10 @@ class ImageReader:
         return knext.Schema.from_columns(self._columns())
 
     def execute(self, exec_context: knext.ExecutionContext) -> Any:
+        with kt.warnings_to(exec_context):
+            return self._read(exec_context)
+
+    def _read(self, exec_context: knext.ExecutionContext) -> Any:
         files = self._files(exec_context)
         masks = self._masks(exec_context)
         if masks is not None:
@@ -224,7 +228,7 @@ class ImageReader:
                                          "cellseg node reads images from files)")
                     if masks is not None:
                         mpath = masks[f.stem]
-                        msk = cio.read_image(mpath)
+                        msk = cio.read_mask(mpath)
                         if msk.ndim == 3 and msk.shape[-1] == 1:
                             msk = msk[..., 0]
                         if msk.shape != img.shape[:2]:

@@ -8,6 +8,8 @@ output without rows still carries the columns and types that ``configure`` annou
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -169,6 +171,20 @@ def require_rows(table: Any, what: str = "input table") -> int:
     if n == 0:
         raise ValueError(f"The {what} is empty")
     return n
+
+
+@contextlib.contextmanager
+def warnings_to(ctx: Any) -> Iterator[None]:
+    """Show the backend's data warnings (e.g. a label made of separate pieces) as the node's warning."""
+    from cellseg.io import InputWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputWarning)
+        yield
+    messages = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, InputWarning)))
+    if messages:
+        more = f" (and {len(messages) - 1} more warning(s))" if len(messages) > 1 else ""
+        ctx.set_warning(messages[0] + more)
 
 
 def check_canceled(ctx: Any, done: str = "") -> None:

@@ -8,7 +8,10 @@ module only then), so that the backend never imports KNIME code.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,14 +21,15 @@ from cellseg.errors import CancelledError, CellsegError
 from .extension import Extension, default_extension_root, load_extension
 from .generator import load_definitions, make_workflows
 from .reader import load_workflow, resolve_inputs
-from .runner import run_workflow
+from .runner import run_workflow, workflow_folder
 from .settings import flatten_schema, model_to_values, parameter_schema
 
 
 def describe_workflow(path: str | Path, extension: Extension | None = None) -> str:
     """A listing of a workflow's nodes and their current parameter values (for ``--list``)."""
     extension = extension or load_extension()
-    workflow = load_workflow(path, extension)
+    with contextlib.ExitStack() as stack:
+        workflow = load_workflow(workflow_folder(path, stack), extension)
     _, order = resolve_inputs(workflow, extension)
     lines = [f"{workflow.folder.name}:"]
     for i in order:
@@ -88,8 +92,10 @@ def register_cli(sub: Any) -> None:
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="KNIME workflows of the cellseg extension: run them "
-                                     "headlessly, generate the examples.")
+    from cellseg.cli import ArgumentParser
+
+    parser = ArgumentParser(prog=prog, description="KNIME workflows of the cellseg extension: run them "
+                            "headlessly, generate the examples.")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register_cli(sub)
@@ -107,23 +113,33 @@ def run(argv: Sequence[str], prog: str | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``cellseg-knime`` command: errors print one line (``cellseg-knime: error: ...``) and return 2."""
-    from cellseg.cli import _quiet_tensorflow
+    """The ``cellseg-knime`` command: errors print one line (``cellseg-knime: error: ...``) and return 2;
+    SIGTERM is handled like Ctrl-C (temporary folders removed, status 143)."""
+    from cellseg.cli import Terminated, _quiet_tensorflow, _raise_terminated, show_input_warnings
 
     _quiet_tensorflow()
     parser = build_parser("cellseg-knime")
     args = parser.parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
-        return int(args.func(args) or 0)
+        with show_input_warnings(parser.prog):
+            return int(args.func(args) or 0)
     except CancelledError as err:
         print(f"{parser.prog}: cancelled: {err}", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"{parser.prog}: terminated; temporary files removed", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
     except CellsegError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,31 @@ class Workflow:
     connections: list[Connection]  # data ports 0-based; flow-variable connections have port -1
 
 
+def _section(wf: Config, name: str, wf_file: Path) -> Config:
+    section = _get(wf, name, str(wf_file), {}) or {}
+    if not isinstance(section, dict):
+        raise WorkflowError(f"{wf_file}: '{name}' is an entry, expected a config")
+    return section
+
+
+def _int(item: Config, key: str, what: str) -> int:
+    """An integer entry (node ids, ports); WorkflowError naming it for text, null or a missing entry."""
+    value = _get(item, key, what)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise WorkflowError(f"{what}: '{key}' is {value!r}, expected an integer (an xint entry)")
+    return value
+
+
+def _inside(folder: Path, rel: object, what: str) -> Path:
+    """``folder / rel`` for a relative path that stays inside the workflow folder."""
+    if not isinstance(rel, str) or not rel.strip():
+        raise WorkflowError(f"{what}: expected a path inside the workflow folder, got {rel!r}")
+    target = folder / rel
+    if Path(rel).is_absolute() or ".." in Path(rel).parts or "\0" in rel:
+        raise WorkflowError(f"{what}: {rel!r} points outside the workflow folder {folder}")
+    return target
+
+
 def load_workflow(path: str | os.PathLike, extension: Extension) -> Workflow:
     """Read ``workflow.knime`` and every node's settings.xml; checks factories, ids and connections."""
     folder = Path(path)
@@ -46,13 +71,15 @@ def load_workflow(path: str | os.PathLike, extension: Extension) -> Workflow:
     folder = wf_file.parent
     wf = read_config(wf_file, str(wf_file))
     nodes: dict[int, WorkflowNode] = {}
-    for key, item in (_get(wf, "nodes", str(wf_file), {}) or {}).items():
+    for key, item in _section(wf, "nodes", wf_file).items():
         what = f"{wf_file}: {key}"
-        nid = _get(item, "id", what)
+        if not isinstance(item, dict):
+            raise WorkflowError(f"{what}: expected a node config, found an entry")
+        nid = _int(item, "id", what)
         settings_rel = _get(item, "node_settings_file", what)
         if _get(item, "node_is_meta", what, False):
             raise WorkflowError(f"node #{nid}: metanodes and components are not supported by the headless runner")
-        settings_file = folder / settings_rel
+        settings_file = _inside(folder, settings_rel, f"{what}: node_settings_file")
         where = f"node #{nid} ({settings_rel})"
         settings = read_config(settings_file, where)
         name = _get(settings, "name", where, None) or _get(settings, "node-name", where, None) or f"Node {nid}"
@@ -79,10 +106,12 @@ def load_workflow(path: str | os.PathLike, extension: Extension) -> Workflow:
             raise WorkflowError(f"node {label}: duplicate node id {nid}")
         nodes[nid] = WorkflowNode(nid, name, settings_file, node_id, model, version, annotation)
     connections = []
-    for key, item in (_get(wf, "connections", str(wf_file), {}) or {}).items():
+    for key, item in _section(wf, "connections", wf_file).items():
         what = f"{wf_file}: {key}"
-        src, dst = _get(item, "sourceID", what), _get(item, "destID", what)
-        sp, dp = _get(item, "sourcePort", what), _get(item, "destPort", what)
+        if not isinstance(item, dict):
+            raise WorkflowError(f"{what}: expected a connection config, found an entry")
+        src, dst = _int(item, "sourceID", what), _int(item, "destID", what)
+        sp, dp = _int(item, "sourcePort", what), _int(item, "destPort", what)
         for nid, other in ((src, dst), (dst, src)):
             if nid not in nodes:
                 known = nodes.get(other)

@@ -219,28 +219,84 @@ def _cwd(path: Path | None) -> Iterator[None]:
         os.chdir(old)
 
 
+#: Most bytes a .knwf may unpack to (a zip bomb is refused before anything is extracted).
+MAX_KNWF_BYTES = 4 << 30
+
+
+def _extract_knwf(path: Path, folder: Path) -> Path:
+    """Unpack a ``.knwf`` (a zip of the workflow folder) into `folder`; the folder of its workflow.knime."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            total = sum(i.file_size for i in infos)
+            if total > MAX_KNWF_BYTES:
+                raise WorkflowError(f"{path}: the archive would unpack to {total / 2**30:.1f} GiB, more than the "
+                                    f"{MAX_KNWF_BYTES / 2**30:.0f} GiB a workflow may have; refusing to extract it")
+            free = shutil.disk_usage(folder).free
+            if total > free:
+                raise WorkflowError(f"{path}: the archive would unpack to {total / 2**20:.0f} MiB, more than the "
+                                    f"{free / 2**20:.0f} MiB free in {folder.parent}")
+            zf.extractall(folder)
+    except WorkflowError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError) as err:
+        size = path.stat().st_size
+        why = "it is empty" if size == 0 else f"{type(err).__name__}: {err}"
+        raise WorkflowError(f"{path}: not a KNIME workflow archive (a .knwf is a zip of the workflow folder; "
+                            f"{why})") from None
+    except OSError as err:
+        raise WorkflowError(f"{path}: cannot unpack the archive ({err.strerror or err})") from None
+    found = sorted(folder.rglob("workflow.knime"), key=lambda p: len(p.parts))
+    if not found:
+        raise WorkflowError(f"{path}: no workflow.knime in the archive")
+    return found[0].parent
+
+
+def workflow_folder(path: str | os.PathLike, stack: contextlib.ExitStack) -> Path:
+    """The folder of a workflow given as a folder, its ``workflow.knime`` or a ``.knwf`` archive (unpacked
+    into a temporary folder that `stack` removes). WorkflowError naming `path` for anything else."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        raise WorkflowError(f"{path}: not found (expected a workflow folder or a .knwf archive)")
+    if path.is_file() and path.suffix.lower() == ".knwf":
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cellseg-knwf-",
+                                                                      ignore_cleanup_errors=True)))
+        return _extract_knwf(path, folder)
+    if path.is_file() and path.name == "workflow.knime":
+        return path.parent
+    if not path.is_dir():
+        raise WorkflowError(f"{path}: not a KNIME workflow (expected a workflow folder or a .knwf archive)")
+    if not (path / "workflow.knime").is_file():
+        raise WorkflowError(f"{path}: not a KNIME workflow folder (no workflow.knime)")
+    return path
+
+
+def check_output_folder(out: str | os.PathLike) -> Path:
+    """Before any work: the output folder is a folder (or can be made) and can be written."""
+    from cellseg import io as cio
+
+    out = Path(out)
+    if os.path.lexists(out) and (not out.is_dir()):
+        raise WorkflowError(f"output folder {out} exists and is not a folder; choose a new folder")
+    cio.check_writable_location(out / "manifest.json" if out.is_dir() else out, "output folder")
+    return out
+
+
 def run_workflow(path: str | os.PathLike, out: str | os.PathLike, overrides: Sequence[str] = (),
                  fmt: str = "csv", quiet: bool = False, extension: Extension | None = None,
                  log: Callable[[str], None] | None = None) -> RunResult:
-    """Run a workflow folder (or ``.knwf``) headlessly; see the module docstring. Raises WorkflowError."""
+    """Run a workflow folder (or ``.knwf``) headlessly; see the module docstring. Raises WorkflowError.
+
+    Temporary folders (the unpacked ``.knwf``, the workflow's ``cellseg-workflow-*`` temp folder) are
+    removed whether the run succeeds or fails, also after Ctrl-C or SIGTERM (``cellseg`` turns it into an
+    exception)."""
     if fmt not in ("csv", "parquet"):
         raise WorkflowError(f"unknown table format {fmt!r} (csv or parquet)")
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    path = Path(path)
+    out = check_output_folder(out)
     extension = extension or load_extension()
     with contextlib.ExitStack() as stack:
-        if path.is_file() and path.suffix == ".knwf":
-            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="knwf-",
-                                                                          ignore_cleanup_errors=True)))
-            with zipfile.ZipFile(path) as zf:
-                zf.extractall(folder)
-            found = sorted(folder.rglob("workflow.knime"), key=lambda p: len(p.parts))
-            if not found:
-                raise WorkflowError(f"{path}: no workflow.knime in the archive")
-            path = found[0].parent
-        elif not (path / "workflow.knime").is_file():
-            raise WorkflowError(f"{path}: not a KNIME workflow folder (no workflow.knime)")
-        workflow = load_workflow(path, extension)
+        workflow = load_workflow(workflow_folder(path, stack), extension)
         # the workflow's temporary folder: removed after the run, whether it succeeds or fails
         temp_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cellseg-workflow-",
                                                                         ignore_cleanup_errors=True)))

@@ -165,4 +165,9 @@ def get(config: Config, path: str, what: str, default: Any = ...) -> Any:
                 return default
             raise WorkflowError(f"{what}: missing '{path}'")
         node = node[part]
-    return node.python() if isinstance(node, Entry) else node
+    if not isinstance(node, Entry):
+        return node
+    try:
+        return node.python()
+    except ValueError:
+        raise WorkflowError(f"{what}: '{path}' has the value {node.value!r}, not a valid {node.type}") from None
