@@ -27,6 +27,16 @@ def tiny_config():
 
 
 @pytest.fixture(scope="session")
+def untrained_tiny_model():
+    """An untrained, very small model (8 rays, depth 1, 4 filters): for tests of where and how models are
+    written and read, which need no training."""
+    from cellseg.models import CellsegModel, ModelConfig
+
+    return CellsegModel.create(ModelConfig(n_rays=8, grid=(1, 1), unet_n_depth=1, unet_n_filter_base=4,
+                                           patch_size=(32, 32), batch_size=2), seed=0, name="tiny")
+
+
+@pytest.fixture(scope="session")
 def tiny_trained(easy_data, tiny_config):
     """A tiny model trained for 160 steps on easy simulated data (the TrainResult), trained once per run."""
     from cellseg.training import TrainConfig, train

@@ -31,10 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def tiny() -> CellsegModel:
-    """An untrained, very small model (loading errors need no training)."""
-    return CellsegModel.create(ModelConfig(n_rays=8, grid=(1, 1), unet_n_depth=1, unet_n_filter_base=4,
-                                           patch_size=(32, 32), batch_size=2), seed=0, name="tiny")
+def tiny(untrained_tiny_model) -> CellsegModel:
+    """A private copy of the untrained tiny model (loading errors need no training)."""
+    return untrained_tiny_model.copy()
 
 
 @pytest.fixture(scope="module")

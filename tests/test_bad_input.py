@@ -28,22 +28,11 @@ from cellseg import io as cio
 from cellseg import simulate
 from cellseg.cli import build_parser, main
 from cellseg.errors import InputError
+from cli_helpers import TINY_ARCH, one_line_error, snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 CELLSEG = [sys.executable, "-m", "cellseg"]
 TINY = ["--epochs", "1", "--steps-per-epoch", "1", "--patch-size", "32", "--no-optimize-thresholds"]
-TINY_ARCH = ["--n-rays", "8", "--depth", "1", "--filters", "4"]
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    """Every file under `root` (hidden ones too) -> its bytes."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("cellseg: error:"), err
-    return err[0]
 
 
 def warnings_of(stderr: str) -> list[str]:

@@ -20,28 +20,16 @@ import pytest
 from cellseg import io as cio
 from cellseg.cli import main
 from cellseg.errors import InputError
-from cellseg.models import CellsegModel, ModelConfig, check_model_target, load_model
+from cellseg.models import CellsegModel, check_model_target, load_model
+from cli_helpers import TINY_ARCH, one_line_error, snapshot
 
 TINY = ["--epochs", "1", "--steps-per-epoch", "2", "--patch-size", "32", "--no-optimize-thresholds"]
-TINY_ARCH = ["--n-rays", "8", "--depth", "1", "--filters", "4"]
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    """Every file under `root` (hidden ones too) -> its bytes."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("cellseg: error:"), err
-    return err[0]
 
 
 @pytest.fixture(scope="module")
-def tiny_model() -> CellsegModel:
-    """An untrained, very small model (no training needed to test where it is written)."""
-    return CellsegModel.create(ModelConfig(n_rays=8, grid=(1, 1), unet_n_depth=1, unet_n_filter_base=4,
-                                           patch_size=(32, 32), batch_size=2), seed=0, name="tiny")
+def tiny_model(untrained_tiny_model) -> CellsegModel:
+    """A private copy of the untrained tiny model (no training needed to test where it is written)."""
+    return untrained_tiny_model.copy()
 
 
 @pytest.fixture(scope="module")

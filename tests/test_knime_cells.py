@@ -131,6 +131,6 @@ def test_training_table_reads_every_kind(kind: str, tmp_path: Path, tiny_dataset
 def test_binary_masks_are_not_instance_labels() -> None:
     mask = np.zeros((20, 20), np.uint8)
     mask[2:6, 2:6] = mask[10:15, 10:15] = 255
-    with pytest.raises(ValueError, match="Row 'r', column 'labels': not instance labels: a binary mask"):
+    with pytest.raises(ValueError, match="Row 'r', column 'labels': not instance labels: a mask that looks binary"):
         cells.read_labels(png(mask), "r", "labels")
     assert cells.read_labels(png(mask), "r", "labels", binary_ok=True).max() == 255

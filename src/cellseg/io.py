@@ -890,6 +890,19 @@ def _check_label_structure(arr: np.ndarray, name: str, label_components: bool, a
           "piece its own id", ("pieces", arr.shape, tuple((w, len(z)) for w, z in split)))
 
 
+def binary_mask_problem(mask: np.ndarray) -> str | None:
+    """``"binary (values 0 and v) with n separate objects"`` if `mask` is a foreground mask rather than
+    instance labels (only one label value, several connected objects), else None."""
+    from skimage.measure import label as sk_label
+
+    values = np.unique(mask)
+    if len(values) == 2 and values[0] == 0:
+        n_components = int(sk_label(mask > 0, connectivity=2).max())
+        if n_components > 1:
+            return f"binary (values 0 and {values[1]}) with {n_components} separate objects"
+    return None
+
+
 def check_mask(mask: np.ndarray, name: str = "mask", label_components: bool = False,
                annotation: bool = True) -> np.ndarray:
     """Validate an instance label mask and return it as uint16 (uint32 if needed) labels.
@@ -940,15 +953,10 @@ def check_mask(mask: np.ndarray, name: str = "mask", label_components: bool = Fa
     if np.issubdtype(arr.dtype, np.signedinteger) and arr.min() < 0:
         raise InputError(f"{name}: mask has negative values (min {arr.min()}); expected labels >= 0")
     if not label_components:
-        values = np.unique(arr)
-        if len(values) == 2 and values[0] == 0:
-            n_components = int(sk_label(arr > 0, connectivity=2).max())
-            if n_components > 1:
-                raise InputError(
-                    f"{name}: mask looks binary (values 0 and {values[1]}) with {n_components} separate objects, "
-                    "not instance labels; pass label_components=True (CLI --label-components) to label its "
-                    "connected components"
-                )
+        problem = binary_mask_problem(arr)
+        if problem:
+            raise InputError(f"{name}: mask looks {problem}, not instance labels; pass label_components=True "
+                             "(CLI --label-components) to label its connected components")
     _check_label_structure(arr, name, label_components, annotation)
     if label_components:
         arr = sk_label(arr, background=0, connectivity=2)

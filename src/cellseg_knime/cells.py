@@ -209,16 +209,10 @@ def read_labels(value: Any, row_id: str, column: str, shape: tuple[int, ...] | N
         raise ValueError(f"{where}: labels are not integer (dtype {lbl.dtype})")
     if lbl.dtype != bool and lbl.size and lbl.min() < 0:
         raise ValueError(f"{where}: labels are negative ({lbl.min()}); expected 0 = background, 1..n objects")
-    if not binary_ok:
-        values = np.unique(lbl)
-        if len(values) == 2 and values[0] == 0:
-            from skimage.measure import label as components
-
-            n = int(components(lbl > 0, connectivity=2).max())
-            if n > 1:
-                raise ValueError(f"{where}: not instance labels: a binary mask (values 0 and {values[1]}) with {n} "
-                                 "separate objects; give one integer per object, or turn on 'Label connected "
-                                 "components' where the node offers it")
+    problem = None if binary_ok else cio.binary_mask_problem(lbl)
+    if problem:
+        raise ValueError(f"{where}: not instance labels: a mask that looks {problem}; give one integer per "
+                         "object, or turn on 'Label connected components' where the node offers it")
     if shape is not None and lbl.shape != tuple(shape[:2]):
         raise ValueError(f"Row '{row_id}': label image {lbl.shape[0]}x{lbl.shape[1]} (column '{column}') does not "
                          f"match the image size {shape[0]}x{shape[1]}")
