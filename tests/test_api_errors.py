@@ -114,7 +114,7 @@ MALFORMED = [
     ("meta-n_rays-str", _edit("cellseg.json", mc_n_rays="32"), r"cellseg\.json: model_config: n_rays='32' must be an integer"),
     ("meta-grid-str", _edit("cellseg.json", mc_grid="2"), r"cellseg\.json: model_config: grid='2'"),
     ("meta-n_channel_in-neg", _edit("cellseg.json", mc_n_channel_in=-1),
-     r"cellseg\.json: model_config: n_channel_in=-1 must be >= 1"),
+     r"cellseg\.json: model_config: n_channel_in=-1 must be between 1 and 16"),
     ("meta-unknown-key", _edit("cellseg.json", mc_foo=1), r"cellseg\.json: model_config: unknown model parameter.*foo"),
     ("meta-backbone-unknown", _edit("cellseg.json", mc_backbone="vgg"), r"cellseg\.json: model_config: backbone='vgg'"),
     ("meta-options-list", _edit("cellseg.json", mc_backbone_options=[1]), r"cellseg\.json: model_config: backbone_options"),

@@ -1,11 +1,9 @@
-"""Extra StarDist backbones: a residual U-Net (``resunet``) and a ResNet50-encoder U-Net (``resnet50``).
+"""The backbones a model can have, and what each accepts: a registry readable without TensorFlow.
 
-Both are :class:`stardist.models.StarDist2D` subclasses that only override ``_build``. stardist's
-``Config2D`` accepts ``backbone='unet'`` only, so the stardist config stays a valid U-Net config (its
-``unet_n_depth``, ``unet_n_filter_base``, ``net_conv_after_unet`` and ``grid`` size the network) and the
-real backbone name lives in ``cellseg.json`` (``model_config.backbone``), from which
-:func:`cellseg.models.load_model` picks the class. Importing this module registers both in
-:data:`cellseg.models.BACKBONES`.
+``unet`` is stardist's own U-Net; ``resunet`` (residual U-Net) and ``resnet50`` (ResNet50-encoder U-Net) are
+built by :mod:`cellseg.backbone_nets`, imported only when a model is built. stardist's ``Config2D`` accepts
+``backbone='unet'`` only, so the stardist config stays a valid U-Net config and the real backbone name lives
+in ``cellseg.json`` (``model_config.backbone``), from which :func:`model_class` picks the class.
 
 ``resnet50`` can start from ImageNet weights (``ModelConfig.backbone_options={"imagenet": True}``) read
 from keras-applications' standard file :data:`IMAGENET_FILE`; it is never downloaded.
@@ -13,17 +11,17 @@ from keras-applications' standard file :data:`IMAGENET_FILE`; it is never downlo
 
 from __future__ import annotations
 
+import importlib
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stardist.models import StarDist2D
-
 from cellseg.errors import InputError, ModelLoadError
-from cellseg.models import BACKBONE_CHECKS, BACKBONE_OPTIONS, BACKBONES
 
-__all__ = ["IMAGENET_ENV", "IMAGENET_FILE", "ResNet50StarDist2D", "ResUNetStarDist2D", "check_resnet50",
-           "find_imagenet_weights"]
+__all__ = ["BACKBONES", "IMAGENET_ENV", "IMAGENET_FILE", "Backbone", "backbone_names", "backbone_spec",
+           "check_resnet50", "find_imagenet_weights", "model_class"]
 
 #: keras-applications' ResNet50 ImageNet weights without the classification top.
 IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -31,12 +29,51 @@ IMAGENET_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/re
 #: Environment variable naming the weights file (or a folder holding it).
 IMAGENET_ENV = "CELLSEG_IMAGENET_WEIGHTS"
 
-# ResNet50 layer whose output has the given stride (input pixels per feature pixel).
-_RESNET_STAGES = {2: "conv1_relu", 4: "conv2_block3_out", 8: "conv3_block4_out", 16: "conv4_block6_out",
-                  32: "conv5_block3_out"}
-_ENCODER_PREFIXES = ("input", "grey_to_rgb", "imagenet_scale", "conv1_", "pool1_", "conv2_", "conv3_",
-                     "conv4_", "conv5_")
-_HEADS = ("prob", "dist", "prob_class")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One backbone: the class that builds it (``module:Class``), its options and an extra config check."""
+
+    builder: str
+    options: tuple[str, ...] = ()
+    check: Callable[[Any], None] | None = None
+
+
+def check_resnet50(config: Any) -> None:
+    """:class:`InputError` unless the ResNet50 encoder can be cut at ``grid * 2**unet_n_depth`` (a
+    :class:`~cellseg.models.ModelConfig` or stardist ``Config2D``)."""
+    grid, depth = tuple(int(g) for g in config.grid), int(config.unet_n_depth)
+    if grid[0] != grid[1] or grid[0] * 2**depth > 32:
+        raise InputError(f"backbone resnet50 needs a square grid and grid * 2**unet_n_depth <= 32, "
+                         f"got grid {grid} and unet_n_depth {depth}")
+
+
+#: Backbone name -> how to build and check it.
+BACKBONES: dict[str, Backbone] = {
+    "unet": Backbone("stardist.models:StarDist2D"),
+    "resunet": Backbone("cellseg.backbone_nets:ResUNetStarDist2D"),
+    "resnet50": Backbone("cellseg.backbone_nets:ResNet50StarDist2D", ("imagenet",), check_resnet50),
+}
+
+
+def backbone_names() -> list[str]:
+    return sorted(BACKBONES)
+
+
+def backbone_spec(name: str) -> Backbone:
+    """The registry entry of ``name``; :class:`InputError` naming the known ones."""
+    if not isinstance(name, str) or name not in BACKBONES:
+        raise InputError(f"backbone {name!r} is unknown; choose one of {backbone_names()}")
+    return BACKBONES[name]
+
+
+def model_class(name: str) -> Any:
+    """The StarDist2D (sub)class that builds backbone ``name`` (imports TensorFlow)."""
+    if not isinstance(name, str) or name not in BACKBONES:
+        raise ModelLoadError(f"backbone {name!r} is unknown; known: {backbone_names()}")
+    module, cls = BACKBONES[name].builder.split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def find_imagenet_weights() -> Path:
@@ -60,165 +97,3 @@ def find_imagenet_weights() -> Path:
         f"it) into {keras_dir}/, or set {IMAGENET_ENV} to the file's path; or use backbone_options "
         "{'imagenet': false} to start from random weights"
     )
-
-
-def _conv_bn_relu(x: Any, filters: int, name: str, relu: bool = True) -> Any:
-    from keras import layers
-
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
-    return layers.Activation("relu", name=f"{name}_relu")(x) if relu else x
-
-
-def residual_block(x: Any, filters: int, name: str) -> Any:
-    """He et al. (2016) basic block: conv-BN-ReLU, conv-BN, plus identity or 1x1-projection shortcut, ReLU."""
-    from keras import layers
-
-    shortcut = x
-    if x.shape[-1] != filters:
-        shortcut = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_proj")(x)
-        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
-    y = _conv_bn_relu(x, filters, f"{name}_a")
-    y = _conv_bn_relu(y, filters, f"{name}_b", relu=False)
-    y = layers.Add(name=f"{name}_add")([shortcut, y])
-    return layers.Activation("relu", name=f"{name}_out")(y)
-
-
-def _heads(sd: StarDist2D, x: Any, inp: Any) -> Any:
-    """stardist's output part: optional 'features' conv, then the 'prob' and 'dist' 1x1 heads."""
-    import keras
-    from keras import layers
-
-    c = sd.config
-    if c.net_conv_after_unet > 0:
-        x = layers.Conv2D(c.net_conv_after_unet, 3, padding="same", activation="relu", name="features")(x)
-    prob = layers.Conv2D(1, 1, padding="same", activation="sigmoid", name="prob")(x)
-    dist = layers.Conv2D(c.n_rays, 1, padding="same", activation="linear", name="dist")(x)
-    if c.n_classes is not None:
-        raise InputError("multi-class models are only supported with backbone 'unet'")
-    return keras.Model([inp], [prob, dist])
-
-
-class _BackboneMixin:
-    """Shared hooks used by :class:`cellseg.models.CellsegModel`."""
-
-    keras_model: Any
-
-    def encoder_layers(self) -> list[Any]:
-        """Layers of the contracting path (frozen by ``freeze_encoder``)."""
-        return [layer for layer in self.keras_model.layers if layer.name.startswith(_ENCODER_PREFIXES)]
-
-    def head_layers(self) -> list[Any]:
-        """The output heads (re-initialised by ``reinit_heads``)."""
-        return [layer for layer in self.keras_model.layers if layer.name in _HEADS]
-
-    def apply_backbone_options(self, options: dict[str, Any]) -> None:
-        """Apply ``ModelConfig.backbone_options`` to a freshly built model (none by default)."""
-        if not isinstance(options, dict):
-            raise InputError(f"backbone_options={options!r} must be a dict, not {type(options).__name__}")
-        unknown = set(options) - set(self._options)
-        if unknown:
-            raise InputError(f"unknown backbone option(s) {sorted(unknown)}; known: {sorted(self._options)}")
-
-    _options: tuple[str, ...] = ()
-
-
-class ResUNetStarDist2D(_BackboneMixin, StarDist2D):
-    """StarDist2D whose U-Net levels are residual blocks (backbone ``resunet``).
-
-    Stem conv, max-pooling to ``grid``, then ``unet_n_depth`` residual blocks with ``unet_n_filter_base *
-    2**level`` filters separated by 2x2 max-pooling, a residual bottleneck, and a decoder of upsampling,
-    skip concatenation and residual blocks.
-    """
-
-    def _build(self):
-        import keras
-        from keras import layers
-
-        c = self.config
-        f0, depth = int(c.unet_n_filter_base), int(c.unet_n_depth)
-        inp = keras.Input(c.net_input_shape, name="input")
-        x = _conv_bn_relu(inp, f0, "enc_stem")
-        if tuple(c.grid) != (1, 1):
-            x = layers.MaxPooling2D(tuple(c.grid), name="enc_grid_pool")(x)
-        skips = []
-        for d in range(depth):
-            x = residual_block(x, f0 * 2**d, f"enc{d}")
-            skips.append(x)
-            x = layers.MaxPooling2D(2, name=f"enc{d}_pool")(x)
-        x = residual_block(x, f0 * 2**depth, "enc_middle")
-        for d in reversed(range(depth)):
-            x = layers.UpSampling2D(2, name=f"dec{d}_up")(x)
-            x = layers.Concatenate(name=f"dec{d}_concat")([x, skips[d]])
-            x = residual_block(x, f0 * 2**d, f"dec{d}")
-        return _heads(self, x, inp)
-
-    def encoder_layers(self) -> list[Any]:
-        return [layer for layer in self.keras_model.layers if layer.name.startswith(("input", "enc"))]
-
-
-class ResNet50StarDist2D(_BackboneMixin, StarDist2D):
-    """StarDist2D with a U-Net decoder on a Keras ResNet50 encoder (backbone ``resnet50``).
-
-    Grey images are replicated to 3 channels inside the network and scaled to ImageNet's 0-255 range.
-    The encoder is ResNet50 cut at stride ``grid * 2**unet_n_depth`` (at most 32: the whole network with
-    grid 2 and depth 4); the decoder upsamples by 2 per level, concatenates the ResNet stage of that
-    stride and applies two conv-BN-ReLU with ``unet_n_filter_base * 2**level`` filters.
-    Option ``{"imagenet": True}`` loads ImageNet weights from :data:`IMAGENET_FILE`.
-    """
-
-    _options = ("imagenet",)
-
-    def _build(self):
-        import keras
-        from keras import layers
-
-        c = self.config
-        g, depth, f0 = int(max(c.grid)), int(c.unet_n_depth), int(c.unet_n_filter_base)
-        check_resnet50(c)
-        inp = keras.Input(c.net_input_shape, name="input")
-        channels = int(c.n_channel_in)
-        if channels == 1:
-            rgb = layers.Concatenate(name="grey_to_rgb")([inp, inp, inp])
-        elif channels == 3:
-            rgb = inp
-        else:
-            rgb = layers.Conv2D(3, 1, name="grey_to_rgb")(inp)
-        # normalised images are ~0..1; ResNet50's ImageNet weights expect mean-subtracted 0..255 values
-        rgb = layers.Rescaling(255.0, offset=-120.0, name="imagenet_scale")(rgb)
-        base = keras.applications.ResNet50(include_top=False, weights=None, input_tensor=rgb)
-        self._resnet = base
-        stage = {s: (rgb if s == 1 else base.get_layer(name).output) for s, name in {1: "", **_RESNET_STAGES}.items()}
-        x = stage[g * 2**depth]
-        for d in reversed(range(depth)):
-            x = layers.UpSampling2D(2, name=f"dec{d}_up")(x)
-            x = layers.Concatenate(name=f"dec{d}_concat")([x, stage[g * 2**d]])
-            x = _conv_bn_relu(x, f0 * 2**d, f"dec{d}_a")
-            x = _conv_bn_relu(x, f0 * 2**d, f"dec{d}_b")
-        return _heads(self, x, inp)
-
-    def apply_backbone_options(self, options: dict[str, Any]) -> None:
-        super().apply_backbone_options(options)
-        if options.get("imagenet"):
-            path = find_imagenet_weights()
-            try:
-                self._resnet.load_weights(str(path))
-            except Exception as err:  # h5py / keras raise many kinds on a wrong file
-                raise ModelLoadError(f"could not load ImageNet weights from {path}: {err}. Expected "
-                                     f"keras-applications' {IMAGENET_FILE}") from err
-
-
-def check_resnet50(config: Any) -> None:
-    """:class:`InputError` unless the ResNet50 encoder can be cut at ``grid * 2**unet_n_depth`` (a
-    :class:`~cellseg.models.ModelConfig` or stardist ``Config2D``)."""
-    grid, depth = tuple(int(g) for g in config.grid), int(config.unet_n_depth)
-    if grid[0] != grid[1] or grid[0] * 2**depth > 32:
-        raise InputError(f"backbone resnet50 needs a square grid and grid * 2**unet_n_depth <= 32, "
-                         f"got grid {grid} and unet_n_depth {depth}")
-
-
-BACKBONES["resunet"] = lambda: ResUNetStarDist2D
-BACKBONES["resnet50"] = lambda: ResNet50StarDist2D
-BACKBONE_OPTIONS["resunet"] = ResUNetStarDist2D._options
-BACKBONE_OPTIONS["resnet50"] = ResNet50StarDist2D._options
-BACKBONE_CHECKS["resnet50"] = check_resnet50

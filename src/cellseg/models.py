@@ -11,7 +11,6 @@ model port's payload).
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import io
 import json
@@ -22,20 +21,19 @@ import warnings
 import weakref
 import zipfile
 import zlib
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cellseg.backbones import model_class
+from cellseg.config import ModelConfig, strict_init  # noqa: F401  (re-exported for now)
 from cellseg.errors import (
     InputError,
     ModelLoadError,
     require_bool,
     require_int,
     require_number,
-    require_pair,
     require_str,
 )
 
@@ -48,221 +46,6 @@ DEFAULT_THRESHOLDS = {"prob": 0.5, "nms": 0.4}
 
 # A fixed timestamp makes zip bytes depend on the content only.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-
-
-def strict_init(cls: type) -> type:
-    """Make a dataclass refuse unknown or surplus arguments with an :class:`InputError` naming them (as
-    csbdeep's configs do) instead of Python's ``TypeError``."""
-    init = cls.__init__
-    names = [f.name for f in fields(cls)]
-
-    @functools.wraps(init)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        unknown = sorted(set(kwargs) - set(names))
-        if unknown:
-            raise InputError(f"{cls.__name__}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(names)}")
-        if len(args) > len(names):
-            raise InputError(f"{cls.__name__}: {len(args)} positional arguments given, it has {len(names)} "
-                             f"parameters ({', '.join(names)})")
-        twice = sorted(set(names[:len(args)]) & set(kwargs))
-        if twice:
-            raise InputError(f"{cls.__name__}: parameter(s) {', '.join(twice)} given twice")
-        init(self, *args, **kwargs)
-
-    cls.__init__ = __init__  # type: ignore[method-assign]
-    return cls
-
-
-#: Options each backbone accepts in ``ModelConfig.backbone_options`` (backbones that register themselves
-#: without an entry here are not checked). :mod:`cellseg.backbones` adds its backbones'.
-BACKBONE_OPTIONS: dict[str, tuple[str, ...]] = {"unet": ()}
-#: Extra checks of a :class:`ModelConfig` per backbone (raise :class:`InputError`), e.g. the shapes a
-#: backbone can build; registered by the module that registers the backbone.
-BACKBONE_CHECKS: dict[str, Callable[[Any], None]] = {}
-
-
-@strict_init
-@dataclass
-class ModelConfig:
-    """Architecture and training-shape settings of a StarDist 2D model.
-
-    Every parameter is checked when the config is made (and again by :meth:`validate`): a wrong type or
-    value, or an unknown parameter name, raises :class:`InputError` naming it.
-
-    Parameters
-    ----------
-    backbone
-        Network architecture: ``"unet"`` (stardist's U-Net), or a backbone registered in
-        :data:`BACKBONES` (e.g. ``"resunet"``, ``"resnet50"``). ``"resnet50+imagenet"`` is short for
-        ``backbone="resnet50", backbone_options={"imagenet": True}``.
-    n_rays
-        Number of radial distances that describe each star-convex polygon (integer >= 3).
-    grid
-        Subsampling of the output relative to the input (stardist's ``grid``): a pair such as ``(2, 2)``,
-        or one integer ``g`` meaning ``(g, g)``; each 1, 2, 4 or 8.
-    n_channel_in
-        Channels of the input images (1 for grey fluorescence, 3 for RGB).
-    unet_n_depth, unet_n_filter_base
-        Depth (number of poolings) and filters of the first level of the U-Net.
-    patch_size
-        Size (Y, X) of the training patches (one integer ``p`` means ``(p, p)``); must divide by
-        ``grid * 2**unet_n_depth``.
-    batch_size
-        Patches per training step.
-    learning_rate
-        Adam learning rate for training from scratch.
-    backbone_options
-        Options of the backbone (see :data:`BACKBONE_OPTIONS`), e.g. ``{"imagenet": True}`` for resnet50.
-    """
-
-    backbone: str = "unet"
-    n_rays: int = 32
-    grid: tuple[int, int] = (2, 2)
-    n_channel_in: int = 1
-    unet_n_depth: int = 3
-    unet_n_filter_base: int = 32
-    patch_size: tuple[int, int] = (128, 128)
-    batch_size: int = 4
-    learning_rate: float = 3e-4
-    backbone_options: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        require_str(self.backbone, "backbone")
-        if "+" in self.backbone:  # "resnet50+imagenet" = backbone "resnet50" with option imagenet=True
-            name, *flags = self.backbone.split("+")
-            self.backbone = name
-            options = self.backbone_options if isinstance(self.backbone_options, dict) else {}
-            self.backbone_options = {**options, **{f: True for f in flags if f}}
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`InputError` naming the first invalid parameter (normalises grid and patch_size
-        to tuples)."""
-        require_str(self.backbone, "backbone")
-        if self.backbone not in BACKBONES:
-            _register_optional_backbones()
-        if self.backbone not in BACKBONES:
-            raise InputError(f"backbone={self.backbone!r} is unknown; choose one of {sorted(BACKBONES)}")
-        self.n_rays = require_int(self.n_rays, "n_rays", 3)
-        self.n_channel_in = require_int(self.n_channel_in, "n_channel_in", 1)
-        self.unet_n_depth = require_int(self.unet_n_depth, "unet_n_depth", 1, 6)
-        self.unet_n_filter_base = require_int(self.unet_n_filter_base, "unet_n_filter_base", 1)
-        self.batch_size = require_int(self.batch_size, "batch_size", 1)
-        self.learning_rate = require_number(self.learning_rate, "learning_rate", 0, 1, lo_open=True, hi_open=True)
-        self.grid = require_pair(self.grid, "grid")
-        if not all(g in (1, 2, 4, 8) for g in self.grid):
-            raise InputError(f"grid={self.grid} must be 1, 2, 4 or 8 per axis")
-        self.patch_size = require_pair(self.patch_size, "patch_size")
-        div = self.divisor
-        if any(p < div or p % div for p in self.patch_size):
-            raise InputError(
-                f"patch_size={self.patch_size} must be two multiples of {div} (grid x 2**unet_n_depth)"
-            )
-        if not isinstance(self.backbone_options, dict) or not all(isinstance(k, str) for k in self.backbone_options):
-            raise InputError(f"backbone_options={self.backbone_options!r} must be a dict of option names to "
-                             "values, e.g. {'imagenet': True}")
-        known = BACKBONE_OPTIONS.get(self.backbone)
-        if known is not None:
-            unknown = sorted(set(self.backbone_options) - set(known))
-            if unknown:
-                raise InputError(f"backbone_options: backbone {self.backbone!r} has no option(s) {', '.join(unknown)}"
-                                 f"; its options: {', '.join(known) if known else 'none'}")
-        for key, value in self.backbone_options.items():
-            if key == "imagenet":
-                require_bool(value, "backbone_options['imagenet']")
-        check = BACKBONE_CHECKS.get(self.backbone)
-        if check is not None:
-            check(self)
-
-    @property
-    def divisor(self) -> int:
-        """Image sides the network accepts are multiples of this."""
-        return max(self.grid) * 2**self.unet_n_depth
-
-    def to_stardist(self, **overrides: Any):
-        """The equivalent :class:`stardist.models.Config2D`."""
-        from stardist.models import Config2D
-
-        kwargs: dict[str, Any] = dict(
-            n_rays=self.n_rays,
-            grid=self.grid,
-            n_channel_in=self.n_channel_in,
-            unet_n_depth=self.unet_n_depth,
-            unet_n_filter_base=self.unet_n_filter_base,
-            train_patch_size=self.patch_size,
-            train_batch_size=self.batch_size,
-            train_learning_rate=self.learning_rate,
-            train_tensorboard=False,
-            use_gpu=False,
-        )
-        kwargs.update(overrides)
-        return Config2D(**kwargs)
-
-    @classmethod
-    def from_stardist(cls, config: Any, backbone: str = "unet", backbone_options: dict | None = None) -> ModelConfig:
-        """Read the fields we use from a stardist ``Config2D`` (or its ``vars``, e.g. a ``config.json``).
-
-        ``n_rays``, ``grid`` and ``n_channel_in`` are required; :class:`InputError` names a missing or
-        invalid key (by its stardist name).
-        """
-        if isinstance(config, dict):
-            c = config
-        elif config is not None and hasattr(config, "__dict__"):
-            c = vars(config)
-        else:
-            raise InputError(f"stardist config must be a Config2D or a dict, not {type(config).__name__}")
-        missing = [k for k in ("n_rays", "grid", "n_channel_in") if k not in c]
-        if missing:
-            raise InputError(f"{', '.join(missing)} missing (not a StarDist 2D model's config)")
-        n_dim = c.get("n_dim", 2)
-        if n_dim != 2:
-            raise InputError(f"n_dim={n_dim!r}: not a 2D StarDist model (cellseg segments 2D images)")
-        return cls(
-            backbone=backbone,
-            n_rays=require_int(c["n_rays"], "n_rays", 3),
-            grid=require_pair(c["grid"], "grid"),
-            n_channel_in=require_int(c["n_channel_in"], "n_channel_in", 1),
-            unet_n_depth=require_int(c.get("unet_n_depth", 3), "unet_n_depth", 1, 6),
-            unet_n_filter_base=require_int(c.get("unet_n_filter_base", 32), "unet_n_filter_base", 1),
-            patch_size=require_pair(c.get("train_patch_size", (256, 256)), "train_patch_size"),
-            batch_size=require_int(c.get("train_batch_size", 4), "train_batch_size", 1),
-            learning_rate=require_number(c.get("train_learning_rate", 3e-4), "train_learning_rate", 0, 1,
-                                         lo_open=True, hi_open=True),
-            backbone_options=dict(backbone_options or {}),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["grid"] = list(self.grid)
-        d["patch_size"] = list(self.patch_size)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """A config from :meth:`to_dict`'s output; :class:`InputError` for a non-dict or unknown keys."""
-        if not isinstance(d, dict):
-            raise InputError(f"model config must be a dict (JSON object), not {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise InputError(f"unknown model parameter(s): {sorted(map(str, unknown))}")
-        return cls(**d)
-
-
-def _stardist_class():
-    from stardist.models import StarDist2D
-
-    return StarDist2D
-
-
-# Backbone name -> callable returning the StarDist2D (sub)class that builds it. Other modules register
-# their backbones here (see cellseg.backbones).
-BACKBONES: dict[str, Any] = {"unet": _stardist_class}
-
-
-def _register_optional_backbones() -> None:
-    with contextlib.suppress(ImportError):
-        import cellseg.backbones  # noqa: F401  (registers its classes in BACKBONES)
 
 
 class CellsegModel:
@@ -552,14 +335,6 @@ def check_model_target(path: str | os.PathLike, overwrite: bool = False) -> Path
 
 # -- loading --------------------------------------------------------------------------------------
 
-def model_class(backbone: str):
-    """The StarDist2D (sub)class that builds ``backbone``."""
-    _register_optional_backbones()
-    if not isinstance(backbone, str) or backbone not in BACKBONES:
-        raise ModelLoadError(f"backbone {backbone!r} is unknown; known: {sorted(BACKBONES)}")
-    return BACKBONES[backbone]()
-
-
 def pretrained_names() -> list[str]:
     """Names accepted by :func:`load_model`: models shipped with cellseg, then stardist's."""
     shipped = sorted(p.stem for p in PRETRAINED_DIR.glob("*.zip")) if PRETRAINED_DIR.is_dir() else []
@@ -647,17 +422,7 @@ def from_bytes(data: bytes, origin: str = "bytes") -> CellsegModel:
     return model
 
 
-def as_model_config(config: ModelConfig | dict[str, Any] | None) -> ModelConfig:
-    """``config`` as a validated :class:`ModelConfig` (``None``: the default; a dict: :meth:`ModelConfig.from_dict`)."""
-    if config is None:
-        return ModelConfig()
-    if isinstance(config, dict):
-        return ModelConfig.from_dict(config)
-    if not isinstance(config, ModelConfig):
-        raise InputError(f"model_config must be a ModelConfig (or a dict of its parameters), not "
-                         f"{type(config).__name__}")
-    config.validate()
-    return config
+as_model_config = ModelConfig.of
 
 
 def check_thresholds(value: Any, name: str = "thresholds") -> tuple[float, float]:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from cellseg import io as cio
+from cellseg.config import ModelConfig, TrainConfig
 from cellseg.errors import (
     InputError,
     require_bool,
@@ -32,111 +33,13 @@ from cellseg.errors import (
     require_number,
     require_pair,
 )
-from cellseg.models import CellsegModel, ModelConfig, as_model_config, set_seed, strict_init
+from cellseg.models import CellsegModel, set_seed
 from cellseg.prediction import as_image_array, channel_mismatch, check_model
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
-
-
-@strict_init
-@dataclass
-class TrainConfig:
-    """How to train (the architecture is in :class:`~cellseg.models.ModelConfig`).
-
-    Unknown parameter names and values of a wrong type (e.g. ``epochs="3"``) raise :class:`InputError`
-    naming them when the config is made; value ranges are checked by :meth:`validate` (called by
-    :func:`train`, :func:`retrain` and :func:`fit`).
-
-    Parameters
-    ----------
-    epochs, steps_per_epoch
-        Training length: ``epochs * steps_per_epoch`` optimiser steps.
-    learning_rate
-        Adam learning rate; ``None`` uses the model's own (``ModelConfig.learning_rate``).
-    batch_size, patch_size
-        Override the model's training batch and patch size (``None`` keeps them; one integer ``p`` for
-        the patch size means ``(p, p)``).
-    augment
-        Random flips, 90 degree rotations, intensity scale/shift and noise on training patches.
-    validation_fraction
-        Share of the images held back for validation and threshold optimisation. With fewer than
-        3 images the training images themselves are used for validation.
-    seed
-        Seeds weights init, patch sampling and augmentation: the same seed gives the same weights
-        (an integer in [0, 2**32 - 1]).
-    optimize_thresholds
-        Optimise the probability and NMS thresholds on the validation images after training.
-    freeze_encoder
-        Keep the encoder's weights fixed (retraining only the decoder and output heads).
-    freeze_encoder_epochs
-        Keep the encoder fixed for the first this many epochs, then train all layers (0: never).
-    encoder_lr_factor
-        The encoder's learning rate is ``learning_rate * encoder_lr_factor`` (1: same as the rest).
-    reinit_heads
-        Re-initialise the output heads (``prob`` and ``dist`` layers) before retraining.
-    mix_fraction
-        With ``retrain(..., mix_data=...)``: share of training patches drawn from that pretraining data.
-    reduce_lr
-        Halve the learning rate when the validation loss stalls (stardist's default schedule).
-    """
-
-    epochs: int = 10
-    steps_per_epoch: int = 50
-    learning_rate: float | None = None
-    batch_size: int | None = None
-    patch_size: tuple[int, int] | None = None
-    augment: bool = True
-    validation_fraction: float = 0.15
-    seed: int = 0
-    optimize_thresholds: bool = True
-    freeze_encoder: bool = False
-    reduce_lr: bool = True
-    freeze_encoder_epochs: int = 0
-    encoder_lr_factor: float = 1.0
-    reinit_heads: bool = False
-    mix_fraction: float = 0.25
-
-    def __post_init__(self) -> None:
-        self._check_types()
-
-    def _check_types(self) -> None:
-        """Types only (ranges are :meth:`validate`'s), so that settings can be made and checked later."""
-        for name in ("epochs", "steps_per_epoch", "seed", "freeze_encoder_epochs"):
-            setattr(self, name, require_int(getattr(self, name), name))
-        if self.batch_size is not None:
-            self.batch_size = require_int(self.batch_size, "batch_size")
-        if self.patch_size is not None:
-            self.patch_size = require_pair(self.patch_size, "patch_size")
-        for name in ("validation_fraction", "encoder_lr_factor", "mix_fraction"):
-            setattr(self, name, require_number(getattr(self, name), name))
-        if self.learning_rate is not None:
-            self.learning_rate = require_number(self.learning_rate, "learning_rate")
-        for name in ("augment", "optimize_thresholds", "freeze_encoder", "reduce_lr", "reinit_heads"):
-            setattr(self, name, require_bool(getattr(self, name), name))
-
-    def validate(self) -> None:
-        """Raise :class:`InputError` naming the first parameter of a wrong type or out of range."""
-        self._check_types()
-        require_int(self.epochs, "epochs", 1)
-        require_int(self.steps_per_epoch, "steps_per_epoch", 1)
-        require_int(self.seed, "seed", 0, 2**32 - 1)
-        require_int(self.freeze_encoder_epochs, "freeze_encoder_epochs", 0)
-        if self.learning_rate is not None:
-            require_number(self.learning_rate, "learning_rate", 0, 1, lo_open=True, hi_open=True)
-        if self.batch_size is not None:
-            require_int(self.batch_size, "batch_size", 1)
-        if self.patch_size is not None:
-            require_pair(self.patch_size, "patch_size", lo=1)
-        require_number(self.validation_fraction, "validation_fraction", 0, 1, hi_open=True)
-        require_number(self.encoder_lr_factor, "encoder_lr_factor", 0, 1)
-        require_number(self.mix_fraction, "mix_fraction", 0, 1, lo_open=True, hi_open=True)
-
-    @property
-    def total_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
 
 
 @dataclass
@@ -299,17 +202,7 @@ def _check_training_args(names: Any, n_images: int | None, validation: Any, prog
         raise InputError(f"data_description must be a string, not {type(data_description).__name__}")
 
 
-def _as_train_config(train_config: Any) -> TrainConfig:
-    """A validated :class:`TrainConfig` from one, a dict of its parameters, or None (the default)."""
-    if train_config is None:
-        train_config = TrainConfig()
-    elif isinstance(train_config, dict):
-        train_config = TrainConfig(**train_config)
-    elif not isinstance(train_config, TrainConfig):
-        raise InputError(f"train_config must be a TrainConfig (or a dict of its parameters), not "
-                         f"{type(train_config).__name__}")
-    train_config.validate()
-    return train_config
+_as_train_config = TrainConfig.of
 
 
 def _n(images: Any) -> int | None:
@@ -352,7 +245,7 @@ def train(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], model_confi
     progress, should_cancel
         ``progress(fraction, message)`` after every step; ``should_cancel()`` polled after every step.
     """
-    model_config = as_model_config(model_config)
+    model_config = ModelConfig.of(model_config)
     train_config = _as_train_config(train_config)
     _check_training_args(names, _n(images), validation, progress, should_cancel, None, label_components,
                          data_description)
