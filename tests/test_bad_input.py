@@ -24,10 +24,13 @@ import pytest
 import tifffile
 from PIL import Image
 
-from cellseg import io as cio
+from cellseg import files as cfiles
 from cellseg import simulate
 from cellseg.cli import build_parser, main
 from cellseg.errors import InputError
+from cellseg.files import available_memory
+from cellseg.images import InputWarning, check_image, decode_tiff, read_image, write_image
+from cellseg.masks import check_annotations, check_mask, read_mask
 from cli_helpers import TINY_ARCH, one_line_error, snapshot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,8 +79,8 @@ def data(tmp_path) -> Path:
     root = tmp_path / "data"
     for k in range(2):
         img, lab = simulate.simulate_image(64, seed=k)
-        cio.write_image(root / "images" / f"im{k}.tif", img)
-        cio.write_image(root / "masks" / f"im{k}.tif", lab.astype(np.uint16))
+        write_image(root / "images" / f"im{k}.tif", img)
+        write_image(root / "masks" / f"im{k}.tif", lab.astype(np.uint16))
     return root
 
 
@@ -168,7 +171,7 @@ def _bad_workflows(tmp_path: Path) -> list[tuple[Path, str]]:
     cases.append((p, "plain: not a KNIME workflow folder (no workflow.knime)"))
     cases.append((tmp_path / "missing.knwf", "missing.knwf: not found"))
     p = tmp_path / "image.tif"
-    cio.write_image(p, np.zeros((8, 8), np.uint8))
+    write_image(p, np.zeros((8, 8), np.uint8))
     cases.append((p, "image.tif: not a KNIME workflow"))
     w = _example(tmp_path / "garbage")
     (w / "workflow.knime").write_text("garbage")
@@ -305,7 +308,7 @@ def test_every_numeric_flag_has_bounds():
 def test_edge_values_are_accepted():
     parser = build_parser()
     args = parser.parse_args(["train", *_REQUIRED["train"], "--seed", "0", "--val-fraction", "0", "--grid", "1,2"])
-    assert (args.seed, args.val_fraction, args.grid) == (0, 0.0, (1, 2))
+    assert (args.seed, args.validation_fraction, args.grid) == (0, 0.0, (1, 2))
     args = parser.parse_args(["predict", *_REQUIRED["predict"], "--prob-thresh", "0", "--nms-thresh", "1",
                               "--tiled-above", "0"])
     assert (args.prob_thresh, args.nms_thresh, args.tiled_above) == (0.0, 1.0, 0)
@@ -323,7 +326,7 @@ def test_usage_errors_are_one_line_too(capsys):
 # -- 4. simulate: memory and --prefix --------------------------------------------------------------
 
 def test_simulate_checks_memory_before_allocating(tmp_path, monkeypatch, capsys, no_simulating):
-    monkeypatch.setattr(cio, "available_memory", lambda: 2**30)
+    monkeypatch.setattr(cfiles, "available_memory", lambda: 2**30)
     assert main(["-q", "simulate", "--out", str(tmp_path / "s"), "--size", "60000"]) == 2
     message = one_line_error(capsys)
     assert "'size'=60000" in message and "60000x60000" in message and "GiB of memory" in message
@@ -338,7 +341,7 @@ def test_simulate_checks_memory_before_allocating(tmp_path, monkeypatch, capsys,
 def test_available_memory_is_known_on_linux():
     if not Path("/proc/meminfo").is_file():
         pytest.skip("no /proc/meminfo")
-    avail = cio.available_memory()
+    avail = available_memory()
     assert isinstance(avail, int) and avail > 0
 
 
@@ -397,7 +400,7 @@ def test_semi_transparent_rgba_png_is_named_not_the_next_image(tmp_path, capsys,
                 images / "a.png")
         else:
             Image.fromarray(rgb).save(images / f"{name}.png")
-        cio.write_image(masks / f"{name}.tif", lab)
+        write_image(masks / f"{name}.tif", lab)
     assert main(["-q", "train", "--images", str(images), "--masks", str(masks), "--out", str(tmp_path / "model"),
                  *TINY_ARCH, *TINY]) == 2
     message = one_line_error(capsys)
@@ -411,11 +414,11 @@ def test_corrupt_tiff_is_called_corrupt_not_empty(tmp_path, capfd):
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
         with pytest.raises(InputError) as info:
-            cio.read_image(tmp_path / name)
+            read_image(tmp_path / name)
         assert "cannot read image, the file is truncated or corrupt" in str(info.value), str(info.value)
         assert "empty" not in str(info.value)
         with pytest.raises(InputError, match="truncated or corrupt"):
-            cio.decode_tiff(data, name)
+            decode_tiff(data, name)
     assert capfd.readouterr().err == ""  # tifffile's log messages end up in the error, not on stderr
 
 
@@ -454,23 +457,23 @@ def test_stacks_are_told_from_channels(tmp_path):
     }
     for name, expected in expected_errors.items():
         with pytest.raises(InputError) as info:
-            cio.read_image(files[name])
+            read_image(files[name])
         assert str(info.value).startswith(f"{files[name]}: {expected}"), str(info.value)
         assert "channels (max" not in str(info.value)
     z3 = tifffile.imread(files["c3_imagej"])
     for name in ("c3_imagej", "c3_ome"):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            assert np.array_equal(cio.read_image(files[name]), np.moveaxis(z3, 0, -1))
+            assert np.array_equal(read_image(files[name]), np.moveaxis(z3, 0, -1))
     # three pages without metadata: channels, with a warning naming the file
-    with pytest.warns(cio.InputWarning, match=r"pages3.tif: 3 pages without metadata .* read as 3 channels"):
-        assert cio.read_image(files["pages3"]).shape == (24, 32, 3)
+    with pytest.warns(InputWarning, match=r"pages3.tif: 3 pages without metadata .* read as 3 channels"):
+        assert read_image(files["pages3"]).shape == (24, 32, 3)
     # TIFF bytes (KNIME cells) and arrays
     with pytest.raises(InputError, match="cell: a Z stack of 3 slices"):
-        cio.decode_tiff(files["z3_imagej"].read_bytes(), "cell")
+        decode_tiff(files["z3_imagej"].read_bytes(), "cell")
     with pytest.raises(InputError, match=r"32 channels \(max 16\) if channels are last, or a stack of 128 planes "
                                          r"of 24x32 \(Z slices or time points\?\)"):
-        cio.check_image(np.zeros((128, 24, 32), np.uint8), "array")
+        check_image(np.zeros((128, 24, 32), np.uint8), "array")
 
 
 def test_cli_names_a_z_stack(tmp_path, data, capsys, no_work):
@@ -509,13 +512,13 @@ def test_label_of_separate_pieces_is_a_warning_naming_file_and_label():
     a, b = _isolated_pair(lab)
     two = lab.copy()
     two[lab == b] = a
-    with pytest.warns(cio.InputWarning, match=rf"two.tif: label {a} is made of 2 separate pieces \(\d+ \+ \d+ px\)"):
-        out = cio.check_mask(two, "two.tif")
+    with pytest.warns(InputWarning, match=rf"two.tif: label {a} is made of 2 separate pieces \(\d+ \+ \d+ px\)"):
+        out = check_mask(two, "two.tif")
     assert np.array_equal(out, two)  # kept as given
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        cio.check_mask(two, "pred.tif", annotation=False)  # predictions: no warning
-        cio.check_mask(two, "two.tif", label_components=True)  # every piece gets its own id
+        check_mask(two, "pred.tif", annotation=False)  # predictions: no warning
+        check_mask(two, "two.tif", label_components=True)  # every piece gets its own id
 
 
 def test_pieces_at_the_border_or_cut_by_a_neighbour_are_no_warning():
@@ -527,10 +530,10 @@ def test_pieces_at_the_border_or_cut_by_a_neighbour_are_no_warning():
     lab[44:46, 10:15] = 4
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        cio.check_mask(lab, "ok.tif")
+        check_mask(lab, "ok.tif")
     lab[2:5, 40:43] = 4  # a stray piece of label 4, away from it: warned
-    with pytest.warns(cio.InputWarning, match=r"label 4 is made of 2 separate pieces \(10 \+ 9 px\)"):
-        cio.check_mask(lab, "stray.tif")
+    with pytest.warns(InputWarning, match=r"label 4 is made of 2 separate pieces \(10 \+ 9 px\)"):
+        check_mask(lab, "stray.tif")
 
 
 def test_class_masks_and_intensity_images_are_errors():
@@ -541,17 +544,17 @@ def test_class_masks_and_intensity_images_are_errors():
         classes[lab == v] = rng.integers(1, 4)
     with pytest.raises(InputError, match=r"cls.tif: does not look like instance labels: its 3 label value\(s\) mark "
                                          r"\d+ separate objects .* as in a class mask"):
-        cio.check_mask(classes, "cls.tif")
-    cio.check_mask(classes, "cls.tif", label_components=True)  # labelled by components, as asked
+        check_mask(classes, "cls.tif")
+    check_mask(classes, "cls.tif", label_components=True)  # labelled by components, as asked
     merged = (lab + 1) // 2  # every id used for two objects
     with pytest.raises(InputError, match="does not look like instance labels"):
-        cio.check_mask(merged, "merged.tif")
+        check_mask(merged, "merged.tif")
     for lc in (False, True):
         with pytest.raises(InputError, match=r"img.tif: looks like an image of intensities, not instance labels"):
-            cio.check_mask(img, "img.tif", label_components=lc)
+            check_mask(img, "img.tif", label_components=lc)
     smooth = np.round(np.clip(img.astype(float) / img.max() * 255, 0, 255)).astype(np.uint8)
     with pytest.raises(InputError, match="looks like an image of intensities"):
-        cio.check_mask(smooth, "smooth.png")
+        check_mask(smooth, "smooth.png")
 
 
 def test_simulated_masks_pass_and_their_images_do_not():
@@ -559,9 +562,9 @@ def test_simulated_masks_pass_and_their_images_do_not():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for k, (img, lab) in enumerate(zip(images, masks)):
-            cio.check_mask(lab, f"sim{k}")
+            check_mask(lab, f"sim{k}")
             with pytest.raises(InputError, match="image of intensities"):
-                cio.check_mask(img, f"img{k}")
+                check_mask(img, f"img{k}")
 
 
 DSB = REPO.parent / "shared" / "data" / "dsb2018"
@@ -576,21 +579,21 @@ def test_dsb2018_masks_pass_without_warnings_and_its_images_do_not(subset):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for m in chosen:
-            cio.check_mask(cio.read_mask(m), str(m))
+            check_mask(read_mask(m), str(m))
     for m in chosen[:10]:
-        img = cio.read_image(DSB / subset / "images" / m.name)
+        img = read_image(DSB / subset / "images" / m.name)
         with pytest.raises(InputError, match="image of intensities"):
-            cio.check_mask(img if img.ndim == 2 else img[..., 0], m.name)
+            check_mask(img if img.ndim == 2 else img[..., 0], m.name)
 
 
 def test_jpeg_and_empty_masks_are_refused(tmp_path):
     _, lab = _labels()
     Image.fromarray(lab.astype(np.uint8)).save(tmp_path / "a.jpg", quality=100)
     with pytest.raises(InputError, match=r"a.jpg: a JPEG mask; JPEG compression is lossy"):
-        cio.read_mask(tmp_path / "a.jpg")
-    cio.check_annotations([lab, np.zeros_like(lab)], "masks")  # some empty masks are fine
+        read_mask(tmp_path / "a.jpg")
+    check_annotations([lab, np.zeros_like(lab)], "masks")  # some empty masks are fine
     with pytest.raises(InputError, match=r"masks: all 2 mask\(s\) are empty \(only background 0\), nothing to learn"):
-        cio.check_annotations([np.zeros_like(lab)] * 2, "masks")
+        check_annotations([np.zeros_like(lab)] * 2, "masks")
 
 
 def test_cli_refuses_wrong_annotations_before_training(tmp_path, data, capsys, no_work):
@@ -599,8 +602,8 @@ def test_cli_refuses_wrong_annotations_before_training(tmp_path, data, capsys, n
     jpeg, empty = tmp_path / "jpeg", tmp_path / "empty"
     for p in masks.iterdir():
         jpeg.mkdir(exist_ok=True)
-        Image.fromarray(cio.read_image(p).astype(np.uint8)).save(jpeg / f"{p.stem}.jpg")
-        cio.write_image(empty / p.name, np.zeros((64, 64), np.uint16))
+        Image.fromarray(read_image(p).astype(np.uint8)).save(jpeg / f"{p.stem}.jpg")
+        write_image(empty / p.name, np.zeros((64, 64), np.uint16))
     cases = [
         ([*train, "--masks", str(images)], f"{images / 'im0.tif'}: looks like an image of intensities"),
         ([*train, "--masks", str(jpeg)], f"{jpeg / 'im0.jpg'}: a JPEG mask"),
@@ -622,8 +625,8 @@ def test_cli_warns_once_about_a_split_label_and_trains(tmp_path, capsys):
     two = lab.copy()
     two[lab == b] = a
     for name, mask in (("a", two), ("b", lab)):
-        cio.write_image(tmp_path / "i" / f"{name}.tif", img)
-        cio.write_image(tmp_path / "m" / f"{name}.tif", mask)
+        write_image(tmp_path / "i" / f"{name}.tif", img)
+        write_image(tmp_path / "m" / f"{name}.tif", mask)
     assert main(["-q", "train", "--images", str(tmp_path / "i"), "--masks", str(tmp_path / "m"), "--out",
                  str(tmp_path / "model"), *TINY_ARCH, *TINY]) == 0
     found = warnings_of(capsys.readouterr().err)  # checked when read and again by train(): reported once

@@ -17,9 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellseg import io as cio
+from cellseg import files as cfiles
 from cellseg.cli import main
 from cellseg.errors import InputError
+from cellseg.folders import load_pairs
+from cellseg.images import read_image, write_image
+from cellseg.masks import check_mask
 from cellseg.models import CellsegModel, check_model_target, load_model
 from cli_helpers import TINY_ARCH, one_line_error, snapshot
 
@@ -47,8 +50,8 @@ def data(tmp_path) -> Path:
     root = tmp_path / "data"
     for k in range(2):
         img, lab = simulate.simulate_image(64, seed=k)
-        cio.write_image(root / "images" / f"im{k}.tif", img)
-        cio.write_image(root / "masks" / f"im{k}.tif", lab.astype(np.uint16))
+        write_image(root / "images" / f"im{k}.tif", img)
+        write_image(root / "masks" / f"im{k}.tif", lab.astype(np.uint16))
     (root / "README.txt").write_text("my dataset, do not touch")
     return root
 
@@ -168,7 +171,7 @@ def test_replacement_without_atomic_exchange_restores_on_failure(tmp_path, tiny_
     target = tmp_path / "m"
     tiny_model.save(target)
     before = snapshot(tmp_path)
-    monkeypatch.setattr(cio, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(cfiles, "_exchange", lambda a, b: False)
     real_rename = os.rename
 
     def rename(src, dst):
@@ -186,7 +189,7 @@ def test_replacement_without_atomic_exchange_restores_on_failure(tmp_path, tiny_
 
 
 def test_replacing_a_model_never_leaves_the_path_empty(tmp_path, tiny_model):
-    if cio._renameat2() is None:
+    if cfiles._renameat2() is None:
         pytest.skip("no renameat2 here: the two-rename fallback has a short gap")
     target = tmp_path / "m"
     tiny_model.save(target)
@@ -273,8 +276,8 @@ def test_predict_refuses_an_output_that_is_in_or_around_an_input(tmp_path, data,
 
 def test_predict_same_stem_is_an_error_before_any_work(tmp_path, model_zip, capsys, no_training):
     img = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
-    cio.write_image(tmp_path / "in" / "a.tif", img)
-    cio.write_image(tmp_path / "in" / "a.png", img)
+    write_image(tmp_path / "in" / "a.tif", img)
+    write_image(tmp_path / "in" / "a.png", img)
     assert _predict(model_zip, tmp_path / "in", tmp_path / "out") == 2
     message = one_line_error(capsys)
     assert "a.tif" in message and "a.png" in message
@@ -290,7 +293,7 @@ def test_predict_is_all_or_nothing(tmp_path, data, model_zip, capsys):
     assert _predict(model_zip, data / "images", out) == 2 and "--overwrite" in one_line_error(capsys)
     # an image that fails half way (one image per step with --n-tiles): nothing of the new run is kept
     broken = tmp_path / "broken"
-    cio.write_image(broken / "a.tif", cio.read_image(data / "images" / "im0.tif"))
+    write_image(broken / "a.tif", read_image(data / "images" / "im0.tif"))
     (broken / "b.tif").write_bytes(b"II*\x00garbage")
     assert _predict(model_zip, broken, out, "--n-tiles", "1,1", "--overwrite") == 2
     assert "b.tif" in one_line_error(capsys)
@@ -317,7 +320,7 @@ def test_wide_labels_are_never_merged(dtype):
     ids = [1, 2**32 + 1, 2**40, 2**32 - 1, 2**33]
     for k, v in enumerate(ids):
         mask[2 + 7 * k: 6 + 7 * k, 2:8] = v
-    out = cio.check_mask(mask, "wide.tif")
+    out = check_mask(mask, "wide.tif")
     assert out.dtype in (np.uint16, np.uint32)
     assert len(np.unique(out)) == len(ids) + 1
     for v in ids:  # one output label per input label, and the other way round
@@ -328,18 +331,18 @@ def test_wide_labels_are_never_merged(dtype):
 
 def test_evaluate_uint64_masks_against_themselves_is_perfect(tmp_path, data, capsys):
     for k, p in enumerate(sorted((data / "masks").iterdir())):
-        lab = cio.read_image(p).astype(np.uint64)
+        lab = read_image(p).astype(np.uint64)
         lab[lab > 0] += np.uint64(2**32 + 7 * k)  # ids beyond uint32, which a cast would wrap onto 1, 2, ...
         lab[lab == lab.max()] = 3  # and one small id beside them
-        cio.write_image(tmp_path / "wide" / p.name, lab)
-    assert cio.read_image(tmp_path / "wide" / "im0.tif").dtype == np.uint64
+        write_image(tmp_path / "wide" / p.name, lab)
+    assert read_image(tmp_path / "wide" / "im0.tif").dtype == np.uint64
     scores = tmp_path / "scores.json"
     assert main(["evaluate", "--pred", str(tmp_path / "wide"), "--masks", str(tmp_path / "wide"),
                  "--json", str(scores)]) == 0
     assert json.loads(scores.read_text())["mean_ap"] == pytest.approx(1.0)
-    _, _, masks = cio.load_pairs(data / "images", tmp_path / "wide")  # the training path reads the same
+    _, _, masks = load_pairs(data / "images", tmp_path / "wide")  # the training path reads the same
     for m, p in zip(masks, sorted((tmp_path / "wide").iterdir())):
-        assert len(np.unique(m)) == len(np.unique(cio.read_image(p)))
+        assert len(np.unique(m)) == len(np.unique(read_image(p)))
 
 
 # -- 5. every output location is checked before any work ---------------------------------------------
@@ -381,8 +384,8 @@ def test_bad_output_locations_fail_before_any_work(tmp_path, data, model_zip, ca
 def test_evaluate_same_stem_predictions_are_an_error(tmp_path, data, capsys):
     pred = tmp_path / "pred"
     for p in (data / "masks").iterdir():
-        cio.write_image(pred / p.name, cio.read_image(p))
-    cio.write_image(pred / "im0.png", cio.read_image(data / "masks" / "im0.tif").astype(np.uint8))
+        write_image(pred / p.name, read_image(p))
+    write_image(pred / "im0.png", read_image(data / "masks" / "im0.tif").astype(np.uint8))
     assert main(["evaluate", "--pred", str(pred), "--masks", str(data / "masks")]) == 2
     message = one_line_error(capsys)
     assert "im0.tif" in message and "im0.png" in message
@@ -392,12 +395,12 @@ def test_sigterm_leaves_no_temporary_folder(tmp_path):
     script = textwrap.dedent("""
         import os, signal, sys, time
         from pathlib import Path
-        from cellseg import io as cio
+        from cellseg.files import atomic_folder
         from cellseg.cli import Terminated, _raise_terminated
 
         signal.signal(signal.SIGTERM, _raise_terminated)
         try:
-            with cio.atomic_folder(Path(sys.argv[1]) / "out", "output folder") as tmp:
+            with atomic_folder(Path(sys.argv[1]) / "out", "output folder") as tmp:
                 (tmp / "a.tif").write_bytes(b"half")
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(30)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cellseg.io import write_image
+from cellseg.images import write_image
 from cellseg_knime import cells
 from cellseg_knime import tables as kt
 from cellseg_knime.learners import read_training_table

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from cellseg import io as cio
 from cellseg.errors import InputError
+from cellseg.folders import load_pairs
 from cellseg.simulate import (
     MIXED_PRESETS,
     PRESETS,
@@ -111,7 +111,7 @@ def test_progress_and_write_dataset(tmp_path):
     assert calls == pytest.approx([1 / 3, 2 / 3, 1.0])
     images_dir, masks_dir = write_dataset(tmp_path / "sim", images, labels, prefix="hl60")
     assert sorted(p.name for p in images_dir.iterdir()) == ["hl60_0000.tif", "hl60_0001.tif", "hl60_0002.tif"]
-    names, imgs, masks = cio.load_pairs(images_dir, masks_dir)
+    names, imgs, masks = load_pairs(images_dir, masks_dir)
     assert names[0] == "hl60_0000"
     assert np.array_equal(imgs[1], images[1]) and np.array_equal(masks[2], labels[2])
 

@@ -17,7 +17,9 @@ from cellseg.settings import check_settings, setting, strict_init
 
 #: The retraining budget (transfer learning on a few images): the CLI's ``retrain`` and the Retrainer
 #: node start from these instead of :class:`TrainConfig`'s defaults for training from scratch.
-RETRAIN_DEFAULTS: dict[str, Any] = {"epochs": 10, "steps_per_epoch": 25}
+RETRAIN_DEFAULTS: dict[str, Any] = {"epochs": 10, "steps_per_epoch": 25, "learning_rate": 1e-4}
+#: Values a retraining strategy starts from when it is chosen (the field defaults mean "strategy off").
+STRATEGY_DEFAULTS: dict[str, Any] = {"freeze_encoder_epochs": 2, "encoder_lr_factor": 0.1}
 
 
 @strict_init
@@ -71,7 +73,7 @@ class ModelConfig:
         div = self.divisor
         if any(p < div or p % div for p in self.patch_size):
             raise InputError(
-                f"patch_size={self.patch_size} must be two multiples of {div} (grid x 2**unet_n_depth)"
+                f"patch_size={self.patch_size} must be a multiple of {div} per axis (grid x 2**unet_n_depth)"
             )
         spec = backbone_spec(self.backbone)
         unknown = sorted(set(self.backbone_options) - set(spec.options))

@@ -61,7 +61,7 @@ def _dsb_table(root: Path):
 
 
 def _read_dsb(root: Path, files: list[str]) -> Dataset:
-    from cellseg.io import read_image
+    from cellseg.images import read_image
 
     names = [Path(f).stem for f in files]
     images = [read_image(root / "images" / f) for f in files]

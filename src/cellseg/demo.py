@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellseg import io as cio
 from cellseg import metrics, simulate
 from cellseg.data import real_annotated
+from cellseg.images import write_image
 from cellseg.models import ModelConfig, check_model_target
 from cellseg.prediction import predict
+from cellseg.render import overlay
 from cellseg.training import TrainConfig, retrain, train
 
 
@@ -100,10 +101,10 @@ def run_demo(out: str | Path = "cellseg-demo", *, n_sim: int = 48, pretrain_step
     before_key = list(models)[0]
     for key, sub in ((before_key, "before"), (after_key, "after")):
         for n, lab in zip(te_names, preds[key]):
-            cio.write_image(out / "labels" / sub / f"{n}.tif", lab.astype(np.uint16))
+            write_image(out / "labels" / sub / f"{n}.tif", lab.astype(np.uint16))
     for n, img, gt in zip(te_names, te_images, te_masks):
-        cio.write_image(out / "data" / "test" / "images" / f"{n}.tif", img)
-        cio.write_image(out / "data" / "test" / "masks" / f"{n}.tif", gt.astype(np.uint16))
+        write_image(out / "data" / "test" / "images" / f"{n}.tif", img)
+        write_image(out / "data" / "test" / "masks" / f"{n}.tif", gt.astype(np.uint16))
     overlay_path = _write_overlay(out / "overlay.png", te_images, te_masks, preds[before_key], preds[after_key])
     table.to_csv(out / "metrics.csv", index=False)
     md = _markdown(table, real["source"], len(tr_names), len(te_names), pre, re)
@@ -127,7 +128,7 @@ def _row(key: str, summary: pd.DataFrame) -> dict[str, Any]:
 def _write_overlay(path: Path, images, gts, before, after) -> Path:
     """One test image: ground truth | before retraining | after retraining, as outlines."""
     i = int(np.argmax([g.max() for g in gts]))  # the most crowded test image
-    panels = [cio.overlay(images[i], lab, max_size=384) for lab in (gts[i], before[i], after[i])]
+    panels = [overlay(images[i], lab, max_size=384) for lab in (gts[i], before[i], after[i])]
     h = max(p.shape[0] for p in panels)
     sep = np.full((h, 4, 3), 255, np.uint8)
     row = []
@@ -135,7 +136,7 @@ def _write_overlay(path: Path, images, gts, before, after) -> Path:
         pad = np.zeros((h, p.shape[1], 3), np.uint8)
         pad[: p.shape[0]] = p
         row += [pad, sep]
-    cio.write_image(path, np.concatenate(row[:-1], axis=1))
+    write_image(path, np.concatenate(row[:-1], axis=1))
     return path
 
 

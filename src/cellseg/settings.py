@@ -186,11 +186,14 @@ def add_arguments(parser: Any, cls: Any, names: Sequence[str], defaults: dict[st
         shown = "" if default is None else f" (default {_show(default)})"
         if meta.kind == "bool":
             parser.add_argument(flag, dest=name, action="store_false" if default else "store_true",
-                                help=f"{meta.help}{' (on by default)' if default else ''}")
+                                help=f"turn off: {meta.help}" if default else meta.help)
             parser.set_defaults(**{name: bool(default)})
         else:
             parser.add_argument(flag, dest=name, type=arg_type(meta, name), default=default,
-                                help=f"{meta.help}{shown}", metavar=name.upper())
+                                help=f"{meta.help}{shown}", metavar=_METAVARS.get(meta.kind, "VALUE"))
+
+
+_METAVARS = {"int": "N", "float": "X", "pair": "N[,M]", "str": "NAME"}
 
 
 def from_arguments(cls: Any, args: argparse.Namespace, names: Sequence[str], **extra: Any) -> Any:

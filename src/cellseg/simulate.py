@@ -241,9 +241,9 @@ def check_memory(shape: tuple[int, int], n_kept: int = 0) -> None:
 
     One image needs about :data:`WORK_BYTES_PER_PIXEL` bytes per pixel while it is made, and each of
     `n_kept` finished images held in memory (by :func:`simulate_dataset`) another
-    :data:`KEPT_BYTES_PER_PIXEL`. The available memory is :func:`cellseg.io.available_memory`.
+    :data:`KEPT_BYTES_PER_PIXEL`. The available memory is :func:`cellseg.files.available_memory`.
     """
-    from cellseg.io import available_memory, format_bytes
+    from cellseg.files import available_memory, format_bytes
 
     h, w = shape
     need = h * w * (WORK_BYTES_PER_PIXEL + KEPT_BYTES_PER_PIXEL * max(int(n_kept) - 1, 0))
@@ -553,7 +553,7 @@ def dataset_names(n: int, prefix: str = "sim") -> list[str]:
 
 def _check_dataset_target(out: Path, names: Sequence[str], overwrite: bool) -> None:
     """Before any work: the dataset folders can be written and no file there would be replaced."""
-    from cellseg.io import check_writable_location
+    from cellseg.files import check_writable_location
 
     for d in (out, out / "images", out / "masks"):
         if os.path.lexists(d) and (d.is_symlink() or not d.is_dir()):
@@ -570,9 +570,9 @@ def _check_dataset_target(out: Path, names: Sequence[str], overwrite: bool) -> N
 @contextlib.contextmanager
 def _temporary_dataset(out: Path) -> Iterator[tuple[Path, bool]]:
     """A temporary folder for the new files: ``(folder, move)``. A missing or empty `out` is written whole
-    and renamed into place (:func:`cellseg.io.atomic_folder`); in an existing folder the files are written
+    and renamed into place (:func:`cellseg.files.atomic_folder`); in an existing folder the files are written
     to a hidden sibling first and moved in at the end (``move`` True). Removed on failure either way."""
-    from cellseg.io import atomic_folder
+    from cellseg.files import atomic_folder
 
     if not os.path.lexists(out) or not any(out.iterdir()):
         with atomic_folder(out, "dataset folder") as tmp:
@@ -587,7 +587,7 @@ def _temporary_dataset(out: Path) -> Iterator[tuple[Path, bool]]:
 
 def _write_pairs(out_dir: str | os.PathLike, pairs: Iterable[tuple[np.ndarray, np.ndarray]], names: Sequence[str],
                  overwrite: bool) -> tuple[Path, Path]:
-    from cellseg.io import write_image
+    from cellseg.images import write_image
 
     out = Path(out_dir)
     _check_dataset_target(out, names, overwrite)
@@ -615,7 +615,7 @@ def write_dataset(
 ) -> tuple[Path, Path]:
     """Write images and labels as ``out_dir/images/<prefix>_0000.tif`` and ``out_dir/masks/<same>``.
 
-    The layout is the image/mask folder pair that :func:`cellseg.io.load_pairs` and the CLI read.
+    The layout is the image/mask folder pair that :func:`cellseg.folders.load_pairs` and the CLI read.
     `prefix` is a plain name (:func:`check_prefix`), so nothing is written outside those folders.
     Existing files of the same names are an InputError unless `overwrite`; the set is written all or
     nothing (into a temporary folder first).

@@ -22,8 +22,10 @@ import knime.extension as knext
 import numpy as np
 import pandas as pd
 
-from cellseg import io as cio
+from cellseg import images as cimages
 from cellseg.errors import InputError
+from cellseg.masks import binary_mask_problem
+from cellseg.render import overlay
 
 #: Largest image (pixels) put into a PNG cell; larger ones stay files (the CLI streams from 4096^2 up, too).
 MAX_PNG_PIXELS = 8192 * 8192
@@ -177,7 +179,7 @@ def read_cell(value: Any, row_id: str, column: str, ctx: Any = None, labels: boo
             raise ValueError(f"{where}: the PNG image cannot be decoded: {err}") from err
     path = cell_path(value, row_id, column, ctx)
     try:
-        return cio.read_image(path)
+        return cimages.read_image(path)
     except InputError as err:
         raise ValueError(f"{where}: {err}") from err
 
@@ -186,7 +188,7 @@ def read_image(value: Any, row_id: str, column: str, ctx: Any = None) -> np.ndar
     """A checked image (numeric YX/YXC, finite)."""
     img = read_cell(value, row_id, column, ctx)
     try:
-        return cio.check_image(img, _where(row_id, column))
+        return cimages.check_image(img, _where(row_id, column))
     except InputError as err:
         raise ValueError(str(err)) from err
 
@@ -209,7 +211,7 @@ def read_labels(value: Any, row_id: str, column: str, shape: tuple[int, ...] | N
         raise ValueError(f"{where}: labels are not integer (dtype {lbl.dtype})")
     if lbl.dtype != bool and lbl.size and lbl.min() < 0:
         raise ValueError(f"{where}: labels are negative ({lbl.min()}); expected 0 = background, 1..n objects")
-    problem = None if binary_ok else cio.binary_mask_problem(lbl)
+    problem = None if binary_ok else binary_mask_problem(lbl)
     if problem:
         raise ValueError(f"{where}: not instance labels: a mask that looks {problem}; give one integer per "
                          "object, or turn on 'Label connected components' where the node offers it")
@@ -278,7 +280,7 @@ def preview_cell(image: np.ndarray, labels: np.ndarray | None = None, max_size: 
     from PIL import Image
 
     lbl = np.zeros(image.shape[:2], np.uint16) if labels is None else labels
-    return Image.fromarray(cio.overlay(image, lbl, max_size=max_size))
+    return Image.fromarray(overlay(image, lbl, max_size=max_size))
 
 
 def channels_of(image: np.ndarray) -> int:

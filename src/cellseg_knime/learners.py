@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import knime.extension as knext
 import numpy as np
 import pandas as pd
 
-from cellseg.errors import CancelledError, InputError
+from cellseg.config import RETRAIN_DEFAULTS, STRATEGY_DEFAULTS, ModelConfig, TrainConfig
+from cellseg.errors import CancelledError
 from cellseg_knime import category, cells, icon
 from cellseg_knime import tables as kt
+from cellseg_knime.params import config_from, param
 from cellseg_knime.ports import StarDistModelPortObject, StarDistModelSpec, model_port_type, summary_from_meta
 
 #: Columns of the training-history table, in order, with their pandas dtypes.
@@ -74,13 +75,7 @@ def loss_figure(history: pd.DataFrame, title: str) -> Any:
 
 
 # -- parameters shared by both nodes -----------------------------------------------------------
-
-
-def _grid_validator(value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{value!r} is not an integer")
-    if value not in (1, 2, 4, 8):
-        raise ValueError(f"grid {value} must be 1, 2, 4 or 8")
+# Labels, help, defaults and bounds come from cellseg.config (declared once, shared with the CLI).
 
 
 class Backbone(knext.EnumParameterOptions):
@@ -98,81 +93,53 @@ class ArchitectureSettings:
         "ImageNet weights", "Start the ResNet50 encoder from ImageNet weights (a local Keras weights file, "
         "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 in ~/.keras/models).", False,
     ).rule(knext.OneOf(backbone, [Backbone.RESNET50.name]), knext.Effect.SHOW)
-    n_rays = knext.IntParameter("Number of rays", "Radial distances describing each star-convex object.", 32,
-                                min_value=3, max_value=256)
-    grid = knext.IntParameter("Grid", "Output subsampling per axis (1, 2, 4 or 8); 2 suits nuclei of ~10+ px.",
-                              2, validator=_grid_validator)
-    n_channel_in = knext.IntParameter("Input channels", "Channels of the images (1 = grey fluorescence).", 1,
-                                      min_value=1, max_value=16)
-    unet_n_depth = knext.IntParameter("U-Net depth", "Number of down-sampling levels.", 3, min_value=1,
-                                      max_value=6, is_advanced=True)
-    unet_n_filter_base = knext.IntParameter("U-Net filters", "Filters of the first U-Net level.", 32,
-                                            min_value=1, max_value=512, is_advanced=True)
+    n_rays = param(ModelConfig, "n_rays")
+    grid = param(ModelConfig, "grid")
+    n_channel_in = param(ModelConfig, "n_channel_in")
+    unet_n_depth = param(ModelConfig, "unet_n_depth")
+    unet_n_filter_base = param(ModelConfig, "unet_n_filter_base")
 
 
 @knext.parameter_group(label="Training")
 class TrainingSettings:
     """Training length, batch and patch size, learning rate, validation split and seed."""
 
-    epochs = knext.IntParameter("Epochs", "Number of epochs.", 10, min_value=1, max_value=10000)
-    steps_per_epoch = knext.IntParameter("Steps per epoch", "Optimiser steps per epoch.", 50, min_value=1,
-                                         max_value=100000)
-    batch_size = knext.IntParameter("Batch size", "Patches per step.", 4, min_value=1, max_value=256)
-    patch_size = knext.IntParameter(
-        "Patch size", "Side of the square training patches; a multiple of grid x 2^depth, at most the image size.",
-        128, min_value=8, max_value=4096)
-    learning_rate = knext.DoubleParameter("Learning rate", "Adam learning rate.", 3e-4, min_value=1e-7,
-                                          max_value=0.5)
-    validation_fraction = knext.DoubleParameter(
-        "Validation fraction", "Share of images held back for validation and threshold optimisation "
-        "(with fewer than 3 images the training images are used).", 0.15, min_value=0.0, max_value=0.9)
-    seed = knext.IntParameter("Seed", "Seeds weights, patch sampling and augmentation.", 0, min_value=0)
+    epochs = param(TrainConfig, "epochs")
+    steps_per_epoch = param(TrainConfig, "steps_per_epoch")
+    batch_size = param(ModelConfig, "batch_size")
+    patch_size = param(ModelConfig, "patch_size")
+    learning_rate = param(ModelConfig, "learning_rate")
+    validation_fraction = param(TrainConfig, "validation_fraction")
+    seed = param(TrainConfig, "seed")
 
 
 @knext.parameter_group(label="Augmentation")
 class AugmentationSettings:
     """Random changes of the training patches."""
 
-    augment = knext.BoolParameter(
-        "Augment", "Random flips, 90 degree rotations, intensity scaling/shift and noise.", True)
+    augment = param(TrainConfig, "augment")
 
 
 @knext.parameter_group(label="Advanced", is_advanced=True)
 class AdvancedSettings:
     """Thresholds, learning-rate schedule, mask handling and the model name."""
 
-    optimize_thresholds = knext.BoolParameter(
-        "Optimise thresholds", "Choose probability and overlap thresholds on the validation images.", True)
-    reduce_lr = knext.BoolParameter("Reduce learning rate on plateau", "Halve it when validation loss stalls.",
-                                    True)
+    optimize_thresholds = param(TrainConfig, "optimize_thresholds")
+    reduce_lr = param(TrainConfig, "reduce_lr")
     label_components = knext.BoolParameter(
         "Label connected components", "Accept binary masks and label their connected components.", False)
     model_name = knext.StringParameter("Model name", "Name recorded in the model's provenance.", "cellseg")
 
 
-def _train_config(training: Any, augmentation: Any, advanced: Any, **extra: Any) -> Any:
-    """A TrainConfig from the node settings; the backend's config checks every value (and refuses unknown ones)."""
-    from cellseg.training import TrainConfig
+#: Node parameters that are not TrainConfig fields (they go to the training call itself).
+_NOT_CONFIG = ("label_components", "model_name")
 
-    values = {
-        "epochs": training.epochs,
-        "steps_per_epoch": training.steps_per_epoch,
-        "learning_rate": training.learning_rate,
-        "batch_size": training.batch_size or None,
-        "patch_size": (training.patch_size, training.patch_size) if training.patch_size else None,
-        "augment": augmentation.augment,
-        "validation_fraction": training.validation_fraction,
-        "seed": training.seed,
-        "optimize_thresholds": advanced.optimize_thresholds,
-        "reduce_lr": advanced.reduce_lr,
-        **extra,
-    }
-    try:
-        config = TrainConfig(**values)
-        config.validate()
-    except InputError as err:
-        raise knext.InvalidParametersError(str(err)) from err
-    return config
+
+def _train_config(node: Any, **values: Any) -> TrainConfig:
+    """The node's TrainConfig: every training, augmentation and advanced parameter, in one call."""
+    t = node.training
+    return config_from(TrainConfig, t, node.augmentation, node.advanced, skip=_NOT_CONFIG,
+                       batch_size=t.batch_size or None, patch_size=t.patch_size or None, **values)
 
 
 def _columns(node: Any, schema: knext.Schema) -> tuple[str, str]:
@@ -215,11 +182,6 @@ def _finish(ctx: Any, result: Any, title: str) -> tuple[StarDistModelPortObject,
     return StarDistModelPortObject.from_model(result.model), out.table(), view
 
 
-def _register_backbones() -> None:
-    with contextlib.suppress(ImportError):
-        import cellseg.backbones  # noqa: F401  (registers resunet/resnet50)
-
-
 _IMAGE_PORT_DOC = ("Table with an image column and an instance label column (0 = background, one integer per "
                    "object) of the same size; each a PNG image cell, a Path cell or a string file path.")
 
@@ -260,49 +222,30 @@ class StarDistLearner:
     augmentation = AugmentationSettings()
     advanced = AdvancedSettings()
 
-    def _model_config(self) -> dict[str, Any]:
-        a = self.architecture
-        divisor = a.grid * 2**a.unet_n_depth
-        p = self.training.patch_size
-        if p % divisor:
-            raise knext.InvalidParametersError(
-                f"Patch size {p} must be a multiple of {divisor} (grid {a.grid} x 2^depth {a.unet_n_depth})")
-        return {
-            "backbone": a.backbone.lower(),
-            "n_rays": a.n_rays,
-            "grid": [a.grid, a.grid],
-            "n_channel_in": a.n_channel_in,
-            "unet_n_depth": a.unet_n_depth,
-            "unet_n_filter_base": a.unet_n_filter_base,
-            "patch_size": [p, p],
-            "batch_size": self.training.batch_size,
-            "learning_rate": self.training.learning_rate,
-            "backbone_options": {"imagenet": True} if a.backbone == Backbone.RESNET50.name and a.imagenet else {},
-        }
+    def _model_config(self) -> ModelConfig:
+        a, t = self.architecture, self.training
+        options = {"imagenet": True} if a.backbone == Backbone.RESNET50.name and a.imagenet else {}
+        return config_from(ModelConfig, a, skip=("imagenet",), backbone=a.backbone.lower(),
+                           backbone_options=options, patch_size=t.patch_size, batch_size=t.batch_size,
+                           learning_rate=t.learning_rate)
 
     def configure(self, config_context: knext.ConfigurationContext, table_schema: knext.Schema) -> Any:
         _columns(self, table_schema)
         mc = self._model_config()
-        _train_config(self.training, self.augmentation, self.advanced)
-        spec = StarDistModelSpec(summary_from_meta(mc, None, {"name": self.advanced.model_name,
-                                                              "steps_trained": 0}))
+        _train_config(self)
+        spec = StarDistModelSpec(summary_from_meta(mc.to_dict(), None, {"name": self.advanced.model_name,
+                                                                        "steps_trained": 0}))
         return spec, history_schema()
 
     def execute(self, exec_context: knext.ExecutionContext, table: knext.Table) -> Any:
-        from cellseg.models import ModelConfig
         from cellseg.training import train
 
         kt.require_rows(table, "training table")
         image_col, label_col = _columns(self, table.schema)
-        mc_dict = self._model_config()
-        tc = _train_config(self.training, self.augmentation, self.advanced)
+        mc = self._model_config()
+        tc = _train_config(self)
         images, masks, names = read_training_table(exec_context, table, image_col, label_col,
                                                    label_components=self.advanced.label_components)
-        _register_backbones()
-        try:
-            mc = ModelConfig.from_dict(mc_dict)
-        except InputError as err:
-            raise knext.InvalidParametersError(str(err)) from err
         exec_context.set_progress(0.1, f"building the {mc.backbone} model")
         with kt.warnings_to(exec_context):
             try:
@@ -312,8 +255,6 @@ class StarDistLearner:
                                label_components=self.advanced.label_components)
             except CancelledError as err:
                 raise kt.canceled_error(err) from err
-            except InputError as err:
-                raise ValueError(str(err)) from err
         return _finish(exec_context, result, f"StarDist Learner: {mc.backbone}, {len(images)} images")
 
 
@@ -339,19 +280,15 @@ class StrategySettings:
 
     strategy = knext.EnumParameter("Strategy", "Which layers are trained, and how fast.",
                                    Strategy.FINE_TUNE.name, Strategy)
-    freeze_epochs = knext.IntParameter("Frozen epochs", "Epochs with the encoder fixed.", 2, min_value=1,
-                                       max_value=10000).rule(
+    freeze_epochs = param(TrainConfig, "freeze_encoder_epochs", min_value=1,
+                          default=STRATEGY_DEFAULTS["freeze_encoder_epochs"]).rule(
         knext.OneOf(strategy, [Strategy.FREEZE_THEN_UNFREEZE.name]), knext.Effect.SHOW)
-    encoder_lr_factor = knext.DoubleParameter(
-        "Encoder learning-rate factor", "The encoder learns at this fraction of the learning rate.", 0.1,
-        min_value=0.0, max_value=1.0).rule(knext.OneOf(strategy, [Strategy.SLOW_ENCODER.name]),
-                                           knext.Effect.SHOW)
-    reinit_heads = knext.BoolParameter("Re-initialise output heads",
-                                       "Start the probability and distance outputs from random weights.", False)
+    encoder_lr_factor = param(TrainConfig, "encoder_lr_factor", default=STRATEGY_DEFAULTS["encoder_lr_factor"]).rule(
+        knext.OneOf(strategy, [Strategy.SLOW_ENCODER.name]), knext.Effect.SHOW)
+    reinit_heads = param(TrainConfig, "reinit_heads")
     mix_data = knext.EnumParameter("Mix in data", "Optionally mix pretraining-like data into the patches.",
                                    MixData.NONE.name, MixData, is_advanced=True)
-    mix_fraction = knext.DoubleParameter("Mix fraction", "Share of patches drawn from the mixed-in data.",
-                                         0.25, min_value=0.01, max_value=0.99, is_advanced=True).rule(
+    mix_fraction = param(TrainConfig, "mix_fraction", advanced=True).rule(
         knext.OneOf(mix_data, [MixData.SIMULATED.name]), knext.Effect.SHOW)
 
 
@@ -359,20 +296,16 @@ class StrategySettings:
 class RetrainingSettings:
     """Training length, batch and patch size (0 = the model's own), learning rate, validation split, seed."""
 
-    epochs = knext.IntParameter("Epochs", "Number of epochs.", 10, min_value=1, max_value=10000)
-    steps_per_epoch = knext.IntParameter("Steps per epoch", "Optimiser steps per epoch.", 25, min_value=1,
-                                         max_value=100000)
-    batch_size = knext.IntParameter("Batch size", "Patches per step (0 = the model's own).", 4, min_value=0,
-                                    max_value=256)
-    patch_size = knext.IntParameter(
-        "Patch size", "Side of the square training patches (0 = the model's own); a multiple of the model's "
-        "grid x 2^depth, at most the image size.", 128, min_value=0, max_value=4096)
-    learning_rate = knext.DoubleParameter("Learning rate", "Adam learning rate (lower than from scratch).", 1e-4,
-                                          min_value=1e-7, max_value=0.5)
-    validation_fraction = knext.DoubleParameter(
-        "Validation fraction", "Share of images held back for validation and threshold optimisation "
-        "(with fewer than 3 images the training images are used).", 0.15, min_value=0.0, max_value=0.9)
-    seed = knext.IntParameter("Seed", "Seeds patch sampling and augmentation.", 0, min_value=0)
+    epochs = param(TrainConfig, "epochs", default=RETRAIN_DEFAULTS["epochs"])
+    steps_per_epoch = param(TrainConfig, "steps_per_epoch", default=RETRAIN_DEFAULTS["steps_per_epoch"])
+    batch_size = param(TrainConfig, "batch_size", default=ModelConfig().batch_size, min_value=0,
+                       help="Patches per step (0 = the model's own).")
+    patch_size = param(TrainConfig, "patch_size", default=ModelConfig().patch_size, min_value=0,
+                       help="Side of the square training patches (0 = the model's own); a multiple of the "
+                            "model's grid x 2^depth, at most the image size.")
+    learning_rate = param(TrainConfig, "learning_rate", default=RETRAIN_DEFAULTS["learning_rate"])
+    validation_fraction = param(TrainConfig, "validation_fraction")
+    seed = param(TrainConfig, "seed")
 
 
 @knext.node(
@@ -430,7 +363,7 @@ class StarDistRetrainer:
             raise knext.InvalidParametersError("Connect a StarDist model")
         _columns(self, table_schema)
         self._check(model_spec)
-        _train_config(self.training, self.augmentation, self.advanced, **self._extra())
+        _train_config(self, **self._extra())
         summary = dict(model_spec.summary)
         summary["steps_trained"] = int(summary.get("steps_trained", 0)) + (
             self.training.epochs * self.training.steps_per_epoch)
@@ -443,7 +376,7 @@ class StarDistRetrainer:
         kt.require_rows(table, "training table")
         image_col, label_col = _columns(self, table.schema)
         self._check(model.spec)
-        tc = _train_config(self.training, self.augmentation, self.advanced, **self._extra())
+        tc = _train_config(self, **self._extra())
         images, masks, names = read_training_table(exec_context, table, image_col, label_col, end=0.08,
                                                    label_components=self.advanced.label_components)
         for name, img in zip(names, images):
@@ -451,7 +384,6 @@ class StarDistRetrainer:
                 raise ValueError(f"{name}: image has {cells.channels_of(img)} channel(s) but the model expects "
                                  f"{model.spec.n_channel_in}")
         exec_context.set_progress(0.08, "loading the model")
-        _register_backbones()
         base = model.model
         kwargs: dict[str, Any] = {}
         if self.strategy.mix_data == MixData.SIMULATED.name:
@@ -465,8 +397,6 @@ class StarDistRetrainer:
                                  label_components=self.advanced.label_components, **kwargs)
             except CancelledError as err:
                 raise kt.canceled_error(err) from err
-            except InputError as err:
-                raise ValueError(str(err)) from err
         if self.advanced.model_name and self.advanced.model_name != "cellseg":
             result.model.provenance["name"] = self.advanced.model_name
         return _finish(exec_context, result, f"StarDist Retrainer: {len(images)} images")

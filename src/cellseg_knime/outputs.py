@@ -17,8 +17,8 @@ from typing import Any
 import knime.extension as knext
 import numpy as np
 
-from cellseg import io as cio
 from cellseg.errors import InputError
+from cellseg.images import write_image
 from cellseg_knime import cells
 
 
@@ -165,7 +165,7 @@ class CellSink:
     def _write(self, array: np.ndarray, row_id: str, name: str) -> Any:
         path = self.target(name, row_id)
         try:
-            cio.write_image(self.stage(path), array)
+            write_image(self.stage(path), array)
         except InputError as err:
             raise ValueError(f"Row '{row_id}': {err}") from err
         return cells.path_cell(path)

@@ -9,8 +9,10 @@ from typing import Any
 import knime.extension as knext
 import numpy as np
 
-from cellseg import io as cio
 from cellseg.errors import InputError, ModelLoadError
+from cellseg.folders import list_images
+from cellseg.images import SUPPORTED_SUFFIXES, check_image, read_image
+from cellseg.masks import check_mask, read_mask
 from cellseg.models import pretrained_names
 from cellseg_knime import category, cells, icon
 from cellseg_knime import tables as kt
@@ -115,7 +117,7 @@ class CellContent(knext.EnumParameterOptions):
 
 def _glob_images(pattern: str) -> list[Path]:
     files = [Path(p) for p in glob.glob(pattern, recursive=True)]
-    return sorted(p for p in files if p.is_file() and p.suffix.lower() in cio.SUPPORTED_SUFFIXES
+    return sorted(p for p in files if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
                   and not p.name.startswith("."))
 
 
@@ -178,7 +180,7 @@ class ImageReader:
         if folder.is_file():
             return [folder]
         try:
-            return cio.list_images(folder)
+            return list_images(folder)
         except InputError as err:
             raise knext.InvalidParametersError(str(err)) from err
 
@@ -190,7 +192,7 @@ class ImageReader:
             raise knext.InvalidParametersError(f"Mask folder: '{folder}' is not a folder")
         out: dict[str, Path] = {}
         for p in sorted(folder.iterdir()):
-            if p.is_file() and p.suffix.lower() in cio.SUPPORTED_SUFFIXES and not p.name.startswith("."):
+            if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES and not p.name.startswith("."):
                 out.setdefault(p.stem, p)
         return out
 
@@ -221,20 +223,20 @@ class ImageReader:
             row: dict[str, Any] = {"image_name": f.stem, "image_path": cells.path_cell(f)}
             if read:
                 try:
-                    img = cio.check_image(cio.read_image(f), str(f))
+                    img = check_image(read_image(f), str(f))
                     row["image"] = cells.png_cell(img)
                     if row["image"] is None:
                         raise InputError(f"{cells.why_not_png(img)}; set 'Cell content' to File paths (every "
                                          "cellseg node reads images from files)")
                     if masks is not None:
                         mpath = masks[f.stem]
-                        msk = cio.read_mask(mpath)
+                        msk = read_mask(mpath)
                         if msk.ndim == 3 and msk.shape[-1] == 1:
                             msk = msk[..., 0]
                         if msk.shape != img.shape[:2]:
                             raise InputError(f"{mpath}: mask shape {msk.shape} does not match image shape "
                                              f"{img.shape[:2]} ({f.name})")
-                        lbl = cio.check_mask(msk, str(mpath), label_components=self.label_components)
+                        lbl = check_mask(msk, str(mpath), label_components=self.label_components)
                         row["labels"] = cells.labels_png_cell(lbl)
                         if row["labels"] is None:
                             raise InputError(f"{mpath}: {int(lbl.max())} objects do not fit a 16-bit PNG cell; set "

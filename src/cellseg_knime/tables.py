@@ -176,7 +176,7 @@ def require_rows(table: Any, what: str = "input table") -> int:
 @contextlib.contextmanager
 def warnings_to(ctx: Any) -> Iterator[None]:
     """Show the backend's data warnings (e.g. a label made of separate pieces) as the node's warning."""
-    from cellseg.io import InputWarning
+    from cellseg.images import InputWarning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", InputWarning)

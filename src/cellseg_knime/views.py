@@ -11,7 +11,7 @@ import knime.extension as knext
 import numpy as np
 import pandas as pd
 
-from cellseg import io as cio
+from cellseg.render import overlay
 
 _STYLE = ("<style>body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
           "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}figure{display:inline-block;margin:4px}"
@@ -42,7 +42,7 @@ class Gallery:
     def add_image(self, row_id: str, image: np.ndarray, labels: np.ndarray) -> None:
         if len(self.figures) < self.n_images:
             n = int(len(np.unique(labels[labels > 0])))
-            self.figures.append((row_id, _png_base64(cio.overlay(image, labels, max_size=self.size)), n))
+            self.figures.append((row_id, _png_base64(overlay(image, labels, max_size=self.size)), n))
 
     def add_objects(self, row_id: str, objects: pd.DataFrame) -> None:
         self.n_seen += len(objects)

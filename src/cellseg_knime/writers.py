@@ -7,8 +7,8 @@ from typing import Any
 
 import knime.extension as knext
 
-from cellseg import io as cio
 from cellseg.errors import InputError
+from cellseg.files import write_bytes_atomic
 from cellseg.models import check_model_target
 from cellseg_knime import category, icon
 from cellseg_knime import tables as kt
@@ -60,7 +60,7 @@ class ModelWriter:
         try:
             if path.suffix.lower() == ".zip":
                 check_model_target(path, self.overwrite)
-                cio.write_bytes_atomic(path, model.data)  # the port's bundle bytes, unchanged
+                write_bytes_atomic(path, model.data)  # the port's bundle bytes, unchanged
             else:
                 model.model.save(path, overwrite=self.overwrite)
         except InputError as err:

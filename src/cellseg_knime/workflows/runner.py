@@ -273,12 +273,12 @@ def workflow_folder(path: str | os.PathLike, stack: contextlib.ExitStack) -> Pat
 
 def check_output_folder(out: str | os.PathLike) -> Path:
     """Before any work: the output folder is a folder (or can be made) and can be written."""
-    from cellseg import io as cio
+    from cellseg.files import check_writable_location
 
     out = Path(out)
     if os.path.lexists(out) and (not out.is_dir()):
         raise WorkflowError(f"output folder {out} exists and is not a folder; choose a new folder")
-    cio.check_writable_location(out / "manifest.json" if out.is_dir() else out, "output folder")
+    check_writable_location(out / "manifest.json" if out.is_dir() else out, "output folder")
     return out
 
 
