@@ -51,32 +51,9 @@ class TrainingSettings:
             raise ValueError("too aggressive")
 
 
-class ModelSpec(knext.PortObjectSpec):
-    def __init__(self, n_rays: int) -> None:
-        self.n_rays = n_rays
-
-    def serialize(self) -> dict:
-        return {"n_rays": self.n_rays}
-
-    @classmethod
-    def deserialize(cls, data: dict) -> ModelSpec:
-        return cls(data["n_rays"])
-
-
-class ModelObject(knext.PortObject):
-    def __init__(self, spec: ModelSpec, weights: bytes) -> None:
-        super().__init__(spec)
-        self.weights = weights
-
-    def serialize(self) -> bytes:
-        return self.weights
-
-    @classmethod
-    def deserialize(cls, spec: ModelSpec, storage: bytes) -> ModelObject:
-        return cls(spec, storage)
-
-
-model_port_type = knext.port_type("Toy model", ModelObject, ModelSpec, id="org.example.toy.Model")
+from toy_port import ToyObject as ModelObject  # noqa: E402
+from toy_port import ToySpec as ModelSpec  # noqa: E402
+from toy_port import toy_port as model_port_type  # noqa: E402
 
 
 @knext.node("Toy Node", knext.NodeType.LEARNER, "icons/toy.png", toy_category, id="org.example.toy.ToyNode")
@@ -273,7 +250,7 @@ def test_configure_and_execute_with_testing_contexts():
     )  # views are unwrapped, tuple -> list
     assert out_schema.column_names == ["value", "label", "score"]
     assert [c.ktype for c in out_schema] == [knext.double(), knext.string(), knext.double()]
-    assert model_spec.serialize() == {"n_rays": 32} and view_spec is None
+    assert model_spec.serialize() == {"value": 32} and view_spec is None
     assert cctx._warnings == ["configured"]
 
     table._batch_size = 4  # stand-in knob: two batches
@@ -286,8 +263,8 @@ def test_configure_and_execute_with_testing_contexts():
     assert np.allclose(df["score"], np.arange(6) * 3e-4)
     assert ectx._progress == [(0.5, "batch 1/2"), (1.0, "batch 2/2")]
     assert (
-        model.spec.n_rays == 32
-        and ModelObject.deserialize(model.spec, model.serialize()).weights == b"weights"
+        model.spec.value == 32
+        and ModelObject.deserialize(model.spec, model.serialize()).payload == b"weights"
     )
     assert "<p>hi</p>" in view.html
 

@@ -32,28 +32,9 @@ EXAMPLES = ("retrain_stardist", "train_simulated", "segment_large_image", "trans
 # =================================================================================================
 
 
-class ToyModelSpec(knext.PortObjectSpec):
-    def __init__(self, factor: float) -> None:
-        self.factor = factor
-
-    def serialize(self) -> dict:
-        return {"factor": self.factor}
-
-    @classmethod
-    def deserialize(cls, data: dict) -> ToyModelSpec:
-        return cls(data["factor"])
-
-
-class ToyModel(knext.PortObject):
-    def serialize(self) -> bytes:
-        return str(self.spec.factor).encode()
-
-    @classmethod
-    def deserialize(cls, spec: ToyModelSpec, storage: bytes) -> ToyModel:
-        return cls(ToyModelSpec(float(storage.decode())))
-
-
-toy_port = knext.port_type("Toy model (workflows)", ToyModel, ToyModelSpec, id="org.example.wftoy.model")
+from toy_port import ToyObject as ToyModel  # noqa: E402
+from toy_port import ToySpec as ToyModelSpec  # noqa: E402
+from toy_port import toy_port  # noqa: E402
 
 
 @knext.parameter_group(label="Noise")
@@ -115,7 +96,7 @@ class ToyApply:
         out = knext.BatchOutputTable.create(row_ids="keep")
         for batch in table.batches():
             df = batch.to_pandas()
-            df["y"] = df["x"] * model.spec.factor
+            df["y"] = df["x"] * model.spec.value
             df["image"] = [toy_image(int(n[1:])) for n in df["name"]]
             out.append(df)
         return out
