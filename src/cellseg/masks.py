@@ -217,9 +217,17 @@ def check_mask(mask: np.ndarray, name: str = "mask", label_components: bool = Fa
         from skimage.segmentation import relabel_sequential
 
         arr = relabel_sequential(arr)[0]
-    dtype = np.uint16 if arr.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32
-    arr = arr.astype(dtype, copy=False)
-    return np.ascontiguousarray(fill_label_holes(arr).astype(dtype, copy=False))
+    arr = compact_labels(arr)
+    return np.ascontiguousarray(fill_label_holes(arr).astype(arr.dtype, copy=False))
+
+
+def compact_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels as uint16, or uint32 when an id does not fit: the one rule for label images written or
+    returned. Never casts ids above the uint32 range (that would merge objects): those stay as they are."""
+    top = int(np.max(labels, initial=0))
+    if top <= np.iinfo(np.uint16).max:
+        return labels.astype(np.uint16, copy=False)
+    return labels.astype(np.uint32, copy=False) if top <= np.iinfo(np.uint32).max else labels
 
 
 def check_annotations(masks: Sequence[np.ndarray], where: str, purpose: str = "to learn from") -> None:

@@ -259,13 +259,9 @@ def labels_png_cell(labels: np.ndarray) -> Any | None:
 
 def labels_tiff_dtype(labels: np.ndarray) -> np.ndarray:
     """The label image as uint16 (uint32 if needed); never merges labels."""
-    lbl = np.asarray(labels)
-    top = int(lbl.max(initial=0))
-    if top <= MAX_PNG_LABEL:
-        return lbl.astype(np.uint16, copy=False)
-    if top <= np.iinfo(np.uint32).max:
-        return lbl.astype(np.uint32, copy=False)
-    return lbl
+    from cellseg.masks import compact_labels
+
+    return compact_labels(np.asarray(labels))
 
 
 def path_cell(path: str | os.PathLike) -> Any:
