@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import knime.extension as knext
@@ -13,6 +12,8 @@ import knime.extension.nodes as knodes
 import knime.extension.parameter as kparam
 import pytest
 
+from cellseg.bundle import BundleMeta
+from cellseg.config import ModelConfig
 from cellseg.errors import ModelLoadError
 from cellseg_knime.ports import (
     StarDistModelPortObject,
@@ -20,6 +21,7 @@ from cellseg_knime.ports import (
     model_port_type,
     summary_for_pretrained,
     summary_from_bundle,
+    summary_from_meta,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,18 +57,18 @@ def test_spec_roundtrip_json() -> None:
     assert back.thresholds == {"prob": 0.4, "nms": 0.3}
 
 
-def test_bundle_summary_equals_model_summary(tiny_learner, knime_model_bytes: bytes, tmp_path: Path) -> None:
-    port = tiny_learner[2][0]
-    expected = json.loads(json.dumps(port.model.summary()))
-    assert summary_from_bundle(knime_model_bytes) == expected
-    (tmp_path / "m.zip").write_bytes(knime_model_bytes)
-    assert summary_from_bundle(tmp_path / "m.zip") == expected
-    zipfile.ZipFile(tmp_path / "m.zip").extractall(tmp_path / "folder")
-    assert summary_from_bundle(tmp_path / "folder") == expected
-    with pytest.raises(ModelLoadError):
+def test_summaries_wrap_the_bundle_module(tmp_path: Path) -> None:
+    """Errors as the Reader's and Learner's configure show them; the summaries are cellseg.bundle's."""
+    with pytest.raises(ModelLoadError, match="not a valid model zip"):
         summary_from_bundle(b"not a zip")
-    with pytest.raises(ModelLoadError):
+    with pytest.raises(ModelLoadError, match="no such folder or file"):
         summary_from_bundle(tmp_path / "missing")
+    mc = {"n_rays": 16, "grid": [2, 2], "unet_n_depth": 2, "patch_size": [64, 64]}
+    summary = summary_from_meta(mc, None, {"name": "new", "steps_trained": 0})
+    assert summary == BundleMeta(ModelConfig(**mc), provenance={"name": "new", "steps_trained": 0}).summary()
+    assert StarDistModelSpec(summary).divisor == 8
+    with pytest.raises(knext.InvalidParametersError, match="patch_size"):
+        summary_from_meta({**mc, "patch_size": [60, 60]}, None, None)
 
 
 def test_port_object_serializes_and_loads_lazily(knime_model_bytes: bytes) -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
 import pytest
 
 from cellseg import metrics
+from cellseg.bundle import BUNDLE_FILES, BundleMeta, pretrained_meta, pretrained_names
 from cellseg.errors import InputError, ModelLoadError
-from cellseg.models import BUNDLE_FILES, CellsegModel, ModelConfig, load_model, pretrained_names
+from cellseg.models import CellsegModel, ModelConfig, load_model
 from cellseg.prediction import OBJECT_COLUMNS, predict
 
 
@@ -77,6 +80,22 @@ def test_bytes_round_trip_is_bit_exact_and_predicts_the_same(tiny_model_bytes, e
     # changing thresholds changes the bytes
     again.thresholds = {"prob": 0.9, "nms": 0.3}
     assert again.to_bytes() != tiny_model_bytes
+
+
+def test_to_bytes_follows_every_change_without_being_told(untrained_tiny_model):
+    """The bytes are kept while the model is unchanged and made again after any change (no mark_changed)."""
+    model = untrained_tiny_model.copy()
+    first = model.to_bytes()
+    assert model.to_bytes() is first  # unchanged: not written again
+    model.provenance["name"] = "renamed"  # changed in place, as training does
+    renamed = model.to_bytes()
+    assert renamed != first and BundleMeta.read(renamed).name == "renamed"
+    model.geometry["receptive_field"] = 7  # as tiling.receptive_field does
+    assert BundleMeta.read(model.to_bytes()).geometry == {"receptive_field": 7}
+    weights = model.get_weights()
+    model.keras_model.set_weights([w + 1 for w in weights])
+    changed = model.to_bytes()
+    np.testing.assert_array_equal(load_model(changed).get_weights()[0], weights[0] + 1)
 
 
 def test_folder_save_is_loadable_by_plain_stardist(tmp_path, tiny_model_bytes, easy_data):
@@ -148,6 +167,42 @@ def test_predict_bad_input(tiny_model_bytes):
         predict(model, bad, name="nan.tif")
     with pytest.raises(InputError, match="prob_thresh"):
         predict(model, np.ones((64, 64)), prob_thresh=2)
+
+
+def test_bundle_meta_reads_folder_zip_and_bytes_as_the_model_has_it(untrained_tiny_model, tmp_path):
+    model = untrained_tiny_model.copy()
+    model.geometry.update(receptive_field=12, fingerprint=model.fingerprint())
+    data = model.to_bytes()
+    (tmp_path / "m.zip").write_bytes(data)
+    zipfile.ZipFile(tmp_path / "m.zip").extractall(tmp_path / "folder")
+    for source in (data, tmp_path / "m.zip", tmp_path / "folder"):
+        assert BundleMeta.read(source) == model.meta()
+        assert BundleMeta.read(source).summary() == model.summary()
+    with pytest.raises(ModelLoadError, match="not a valid model zip"):
+        BundleMeta.read(b"not a zip")
+    with pytest.raises(ModelLoadError, match="no such folder or file"):
+        BundleMeta.read(tmp_path / "missing")
+
+
+def test_bundle_is_read_without_tensorflow(tmp_path, untrained_tiny_model):
+    (tmp_path / "m.zip").write_bytes(untrained_tiny_model.to_bytes())
+    code = (f"import sys; from cellseg.bundle import BundleMeta, pretrained_meta, pretrained_names\n"
+            f"assert BundleMeta.read({str(tmp_path / 'm.zip')!r}).model_config.n_rays == 8\n"
+            "assert [pretrained_meta(n).summary() for n in pretrained_names()]\n"
+            "bad = [m for m in ('tensorflow', 'keras', 'stardist') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_pretrained_meta_without_download():
+    assert "dsb2018_simmix" in pretrained_names() and "2D_versatile_fluo" in pretrained_names()
+    assert pretrained_meta("dsb2018_simmix").steps_trained > 0  # read from the shipped zip
+    assert pretrained_meta("2D_versatile_fluo").model_config.n_channel_in == 1
+    he = pretrained_meta("2D_versatile_he")
+    assert he.model_config.n_channel_in == 3 and he.provenance["imported_from"] == "stardist pretrained 2D_versatile_he"
+    with pytest.raises(ModelLoadError, match="unknown pretrained model 'nope'"):
+        pretrained_meta("nope")
 
 
 def test_summary_is_json_able(tiny_model_bytes):
