@@ -2,7 +2,7 @@
 
 Side by side with one model, each method in its own subprocess (so peak RSS, ``VmHWM``, is per method):
 
-* simulated 2048² and 8192² images: ``cellseg.tiling.predict_large`` (TIFF in, tiled label TIFF out)
+* simulated 2048² and 8192² images: ``cellseg.streaming.predict_large`` (TIFF in, tiled label TIFF out)
   vs stardist ``predict_instances`` untiled (2048² only by default: at 8192² the full-resolution U-Net
   activations need tens of GB), ``predict_instances(n_tiles=...)`` and ``predict_instances_big``;
   wall time, peak RSS, object count, and object F1 at IoU 0.5 of each method against untiled stardist;
@@ -89,7 +89,7 @@ def worker(method: str, model_path: str, image: str, out: str, tile: int) -> dic
     thr = model.thresholds
     t0 = time.perf_counter()
     if method == "ours_tiled":
-        from cellseg.tiling import predict_large
+        from cellseg.streaming import predict_large
 
         _, objects = predict_large(model, image, out, tile_size=tile)
         n = len(objects)

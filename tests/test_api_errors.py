@@ -307,6 +307,7 @@ def test_failed_create_leaves_no_temporary_folder(tmp_path, monkeypatch, private
 def _api_calls():
     """(id, call(model, image), regex): each raised a bare TypeError/ValueError/KeyError/AttributeError before."""
     from cellseg import prediction as P
+    from cellseg import streaming as S
     from cellseg import tiling as T
     from cellseg import training as TR
 
@@ -366,12 +367,12 @@ def _api_calls():
         ("plan_tiles-shape-float", lambda m, im: T.plan_tiles((100.5, 100)), r"must be integers \(H, W\)"),
         ("merge_labels-tiles-None", lambda m, im: T.merge_labels((64, 64), None, None), r"tiles must be a list"),
         ("merge_labels-not-tiles", lambda m, im: T.merge_labels((64, 64), [1], [im]), r"tiles must be Tile objects"),
-        ("predict_large-source-None", lambda m, im: T.predict_large(m, None), r"source=None must be an image file"),
-        ("predict_large-tile-str", lambda m, im: T.predict_large(m, im, tile_size="64"), r"tile_size='64' must be an integer"),
-        ("predict_large-overlap-str", lambda m, im: T.predict_large(m, im, overlap="8"), r"overlap='8'"),
-        ("predict_large-out-int", lambda m, im: T.predict_large(m, im, 3), r"out_path=3 must be a \.tif path"),
-        ("predict_large-model-None", lambda m, im: T.predict_large(None, im), r"model must be a CellsegModel"),
-        ("predict_large-z-stack", lambda m, im: T.predict_large(m, np.stack([im] * 5)), r"Z stack \(or time series\) of 5"),
+        ("predict_large-source-None", lambda m, im: S.predict_large(m, None), r"source=None must be an image file"),
+        ("predict_large-tile-str", lambda m, im: S.predict_large(m, im, tile_size="64"), r"tile_size='64' must be an integer"),
+        ("predict_large-overlap-str", lambda m, im: S.predict_large(m, im, overlap="8"), r"overlap='8'"),
+        ("predict_large-out-int", lambda m, im: S.predict_large(m, im, 3), r"out_path=3 must be a \.tif path"),
+        ("predict_large-model-None", lambda m, im: S.predict_large(None, im), r"model must be a CellsegModel"),
+        ("predict_large-z-stack", lambda m, im: S.predict_large(m, np.stack([im] * 5)), r"Z stack \(or time series\) of 5"),
         ("default_overlap-None", lambda m, im: T.default_overlap(None), r"model must be a CellsegModel"),
         ("TrainConfig-epochs-str", lambda m, im: TR.TrainConfig(epochs="3"), r"epochs='3' must be an integer"),
         ("TrainConfig-unknown-key", lambda m, im: TR.TrainConfig(foo=1), r"TrainConfig: unknown parameter\(s\) foo"),
@@ -435,27 +436,28 @@ def test_z_stack_is_a_clear_error_in_every_prediction_path(tiled, bundle, tmp_pa
 
 
 def test_z_stack_in_predict_large_and_its_header_check(tiny, tmp_path):
-    from cellseg import tiling
+    from cellseg import streaming
+    from cellseg.tile_source import image_size
 
     path = tmp_path / "stack.tif"
     tifffile.imwrite(path, np.zeros((5, 96, 96), np.uint8), metadata={"axes": "ZYX"})
     with pytest.raises(InputError, match=r"stack\.tif: a Z stack of 5 slices \(axes ZYX, shape 5x96x96\)"):
-        tiling.predict_large(tiny, path, tmp_path / "labels.tif")
+        streaming.predict_large(tiny, path, tmp_path / "labels.tif")
     with pytest.raises(InputError, match=r"a Z stack of 5 slices"):
-        tiling._image_size(path)
+        image_size(path)
     unlabelled = tmp_path / "pages.tif"
     tifffile.imwrite(unlabelled, np.zeros((7, 96, 96), np.uint8))
     with pytest.raises(InputError, match=r"pages\.tif: a stack of 7 pages"):
-        tiling.predict_large(tiny, unlabelled)
+        streaming.predict_large(tiny, unlabelled)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pages.tif", "stack.tif"]
 
 
 def test_bool_image_streams(tiny):
-    from cellseg import tiling
+    from cellseg import streaming
 
     image = np.zeros((64, 64), bool)
     image[20:40, 20:40] = True
-    labels, _ = tiling.predict_large(tiny, image)
+    labels, _ = streaming.predict_large(tiny, image)
     assert labels.shape == (64, 64)
 
 

@@ -1,4 +1,4 @@
-"""Batched prediction (cellseg.prediction.predict_batch / predict_many) gives predict()'s labels exactly."""
+"""predict / predict_batch / predict_many give stardist's predict_instances labels exactly (one segmentation step)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,26 @@ def test_batch_equals_one_at_a_time(model, images):
     thr = predict_batch(model, images[:2], prob_thresh=0.99, nms_thresh=0.5)
     assert [int(lab.max()) for lab, _ in thr] == [int(predict(model, im, prob_thresh=0.99, nms_thresh=0.5)[0].max())
                                                   for im in images[:2]]
+
+
+@pytest.mark.parametrize("n_tiles", [None, (2, 2)])
+def test_predict_is_stardists_predict_instances(model, images, n_tiles):
+    """The one segmentation step (network called directly, stardist's candidates, NMS and rendering) gives
+    the labels and polygons of stardist's own pipeline, untiled and with stardist's network tiling."""
+    import contextlib
+    import io
+
+    from cellseg import io as cio
+
+    thr = model.thresholds
+    kwargs = {"n_tiles": n_tiles} if n_tiles else {}
+    for im in images[:2] + images[3:5]:
+        with contextlib.redirect_stdout(io.StringIO()):
+            ref, details = model.stardist.predict_instances(cio.normalize(im), prob_thresh=thr["prob"],
+                                                            nms_thresh=thr["nms"], show_tile_progress=False, **kwargs)
+        labels, objects = predict(model, im, n_tiles=n_tiles)
+        assert labels.dtype == np.int32 and np.array_equal(labels, ref)
+        assert np.allclose(objects["probability"], details["prob"][objects["label"] - 1])
 
 
 def test_predict_many_batches_with_progress_and_cancel(model, images):

@@ -1,4 +1,4 @@
-"""Tiled / streamed prediction of large images (cellseg.tiling).
+"""Tile planning and merging (cellseg.tiling) and streamed prediction of large images (cellseg.streaming).
 
 Most tests use a model whose network is replaced by a fast, deterministic stand-in (probability = the
 smoothed image, distances = a constant radius), so that objects have realistic sizes and straddle tile
@@ -21,14 +21,13 @@ from cellseg.metrics import score_image
 from cellseg.models import CellsegModel, ModelConfig
 from cellseg.prediction import OBJECT_COLUMNS, predict
 from cellseg.simulate import simulate_image
+from cellseg.streaming import predict_large
 from cellseg.tiling import (
     Tile,
     TilingWarning,
-    cli_predictor,
     default_overlap,
     merge_labels,
     plan_tiles,
-    predict_large,
     split_image,
 )
 
@@ -297,6 +296,8 @@ def test_rss_growth_is_flat_in_image_size(blob_model, tmp_path):
     assert big < small + 24e6, f"RSS growth {small / 1e6:.1f} MB at 1024² vs {big / 1e6:.1f} MB at 4096²"
 
 def test_default_overlap_and_cli_predictor(blob_model, tmp_path):
+    from cellseg.cli import _large_image_predictor
+
     assert default_overlap(blob_model) % blob_model.config.divisor == 0
     assert default_overlap(blob_model) >= 16
 
@@ -306,14 +307,14 @@ def test_default_overlap_and_cli_predictor(blob_model, tmp_path):
     small, large = tmp_path / "small.tif", tmp_path / "large.tif"
     tifffile.imwrite(small, simulate_image((64, 64), seed=1)[0])
     tifffile.imwrite(large, simulate_image((128, 128), seed=1)[0])
-    pred = cli_predictor(blob_model, Args())
+    pred = _large_image_predictor(Args(), blob_model)
     assert pred is not None and not pred.wants(small) and pred.wants(large)
     objects = pred.run(large, tmp_path / "out" / "large.tif")
     assert list(objects.columns) == OBJECT_COLUMNS and (tmp_path / "out" / "large.tif").is_file()
     Args.tiled = "never"
-    assert cli_predictor(blob_model, Args()) is None
+    assert _large_image_predictor(Args(), blob_model) is None
     Args.tiled = "always"
-    assert cli_predictor(blob_model, Args()).wants(Path(small))
+    assert _large_image_predictor(Args(), blob_model).wants(Path(small))
 
 
 def test_receptive_field_is_measured_once_and_saved_with_the_model(tiny_model_bytes, tmp_path):

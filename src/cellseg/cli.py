@@ -254,58 +254,40 @@ SEED = int_arg(0, 2**32 - 1)
 _pair = pair_arg(1)
 
 
+#: The settings each command exposes as flags; their defaults, bounds and help come from cellseg.config.
+MODEL_FLAGS = ("backbone", "n_rays", "grid", "unet_n_depth", "unet_n_filter_base")
+TRAIN_FLAGS = ("epochs", "steps_per_epoch", "learning_rate", "batch_size", "patch_size", "augment",
+               "validation_fraction", "seed", "optimize_thresholds")
+RETRAIN_FLAGS = ("freeze_encoder", "freeze_encoder_epochs", "encoder_lr_factor", "reinit_heads", "mix_fraction")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("architecture")
-    g.add_argument("--backbone", default="unet",
-                   help="unet (default), resunet, resnet50, or resnet50+imagenet (ImageNet encoder weights "
-                        "from ~/.keras/models/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5)")
-    g.add_argument("--n-rays", type=int_arg(3, 1024), default=32, help="polygon rays per object (default 32)")
-    g.add_argument("--grid", type=pair_arg(allowed=(1, 2, 4, 8)), default=(2, 2), help="output subsampling, e.g. 2 or 2,2 (default 2)")
-    g.add_argument("--depth", type=int_arg(1, 6), default=3, help="U-Net depth (default 3)")
-    g.add_argument("--filters", type=int_arg(1, 4096), default=32, help="U-Net base filters (default 32)")
+    from cellseg.config import ModelConfig
+    from cellseg.settings import add_arguments
+
+    add_arguments(p.add_argument_group("architecture"), ModelConfig, MODEL_FLAGS)
 
 
 def _add_train_args(p: argparse.ArgumentParser, retraining: bool = False) -> None:
+    from cellseg.config import RETRAIN_DEFAULTS, TrainConfig
+    from cellseg.settings import add_arguments
+
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int_arg(1), default=10 if not retraining else 5, help="epochs")
-    g.add_argument("--steps-per-epoch", type=int_arg(1), default=50 if not retraining else 20, help="steps per epoch")
-    g.add_argument("--learning-rate", type=float_arg(0, 1, lo_open=True, hi_open=True), default=None,
-                   help="Adam learning rate (default: the model's, 3e-4)")
-    g.add_argument("--batch-size", type=int_arg(1), default=None, help="patches per step (default 4)")
-    g.add_argument("--patch-size", type=_pair, default=None, help="training patch size, e.g. 128 (default 128)")
-    g.add_argument("--no-augment", action="store_true", help="turn off augmentation")
-    g.add_argument("--val-fraction", type=float_arg(0, 1, hi_open=True), default=0.15, help="share of images held back (default 0.15)")
-    g.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
-    g.add_argument("--no-optimize-thresholds", action="store_true", help="keep the default thresholds")
+    add_arguments(g, TrainConfig, TRAIN_FLAGS + (RETRAIN_FLAGS if retraining else ()),
+                  RETRAIN_DEFAULTS if retraining else None)
     g.add_argument("--label-components", action="store_true",
                    help="treat binary masks as foreground and label their connected components")
     if retraining:
-        g.add_argument("--freeze-encoder", action="store_true", help="keep the encoder's weights fixed")
-        g.add_argument("--freeze-encoder-epochs", type=int_arg(0), default=0,
-                       help="freeze the encoder for the first K epochs, then train all layers (default 0)")
-        g.add_argument("--encoder-lr-factor", type=float_arg(0, 1), default=1.0,
-                       help="encoder learning rate = learning rate x this (default 1)")
-        g.add_argument("--reinit-heads", action="store_true", help="re-initialise the output heads first")
         g.add_argument("--mix-images", help="folder of pretraining-domain images to mix in")
         g.add_argument("--mix-masks", help="their masks (same file names)")
-        g.add_argument("--mix-fraction", type=float_arg(0, 1, lo_open=True, hi_open=True), default=0.25,
-                       help="share of training patches from --mix-images (default 0.25)")
 
 
 def _train_config(args: argparse.Namespace):
-    from cellseg.training import TrainConfig
+    from cellseg.config import TrainConfig
+    from cellseg.settings import from_arguments
 
-    return TrainConfig(
-        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, learning_rate=args.learning_rate,
-        batch_size=args.batch_size, patch_size=args.patch_size, augment=not args.no_augment,
-        validation_fraction=args.val_fraction, seed=args.seed,
-        optimize_thresholds=not args.no_optimize_thresholds,
-        freeze_encoder=getattr(args, "freeze_encoder", False),
-        freeze_encoder_epochs=getattr(args, "freeze_encoder_epochs", 0),
-        encoder_lr_factor=getattr(args, "encoder_lr_factor", 1.0),
-        reinit_heads=getattr(args, "reinit_heads", False),
-        mix_fraction=getattr(args, "mix_fraction", 0.25),
-    )
+    retraining = hasattr(args, "freeze_encoder")
+    return from_arguments(TrainConfig, args, TRAIN_FLAGS + (RETRAIN_FLAGS if retraining else ()))
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -361,10 +343,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_training_outputs(args)
     names, images, masks = _load_training_data(args)
     channels = 1 if images[0].ndim == 2 else images[0].shape[-1]
-    mc = ModelConfig(backbone=args.backbone, n_rays=args.n_rays, grid=args.grid, n_channel_in=channels,
-                     unet_n_depth=args.depth, unet_n_filter_base=args.filters,
-                     patch_size=args.patch_size or (128, 128), batch_size=args.batch_size or 4)
     tc = _train_config(args)
+    shape = {k: v for k in ("patch_size", "batch_size") if (v := getattr(tc, k)) is not None}
+    mc = ModelConfig(**{k: getattr(args, k) for k in MODEL_FLAGS}, n_channel_in=channels, **shape)
     with ProgressBar("training", disable=args.quiet) as bar:
         result = train(images, masks, mc, tc, names=names, progress=bar, model_name=Path(args.out).name,
                        data_description=f"{len(names)} images from {args.images}",
@@ -419,6 +400,51 @@ def is_prediction_folder(folder: Path) -> bool:
         for e in entries)
 
 
+class _LargeImages:
+    """The streaming path of ``cellseg predict``: which images to stream, and each streamed with a tile bar."""
+
+    def __init__(self, model: Any, *, tiled: str, tiled_above: int, tile_size: int, prob_thresh: float | None,
+                 nms_thresh: float | None, quiet: bool) -> None:
+        self.model = model
+        self.tiled, self.tiled_above, self.tile_size = tiled, tiled_above, tile_size
+        self.prob_thresh, self.nms_thresh, self.quiet = prob_thresh, nms_thresh, quiet
+
+    def wants(self, path: str | os.PathLike) -> bool:
+        """Stream this image? ``--tiled always``, or ``auto`` and more pixels than ``--tiled-above``."""
+        from cellseg.tile_source import image_size
+
+        if self.tiled != "auto":
+            return self.tiled == "always"
+        h, w = image_size(Path(path))
+        return h * w > self.tiled_above
+
+    def run(self, path: str | os.PathLike, out_tif: str | os.PathLike):
+        """Stream ``path`` into the label TIFF ``out_tif`` with a progress bar over tiles; the objects table."""
+        from tqdm import tqdm
+
+        from cellseg.streaming import predict_large
+        from cellseg.tiling import TilingWarning
+
+        bar = tqdm(total=1000, desc=f"tiles of {Path(path).name}", disable=self.quiet, leave=False, file=sys.stderr)
+
+        def progress(fraction: float, message: str) -> None:
+            bar.update(max(0, int(round(fraction * 1000)) - bar.n))
+            bar.set_postfix_str(message, refresh=False)
+
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", TilingWarning)
+                _, objects = predict_large(self.model, path, out_tif, tile_size=self.tile_size,
+                                           prob_thresh=self.prob_thresh, nms_thresh=self.nms_thresh,
+                                           progress=progress)
+        finally:
+            bar.close()
+        for w in caught:
+            if issubclass(w.category, TilingWarning):
+                print(f"cellseg: warning: {w.message}", file=sys.stderr)
+        return objects
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Segment a folder of images: all or nothing.
 
@@ -469,16 +495,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _large_image_predictor(args: argparse.Namespace, model):
-    """The streaming large-image path of :mod:`cellseg.tiling`, when available and wanted."""
+def _large_image_predictor(args: argparse.Namespace, model: Any) -> _LargeImages | None:
+    """The streaming large-image path of ``cellseg predict`` (``None`` with ``--tiled never``)."""
     if args.tiled == "never":
         return None
-    try:
-        tiling = importlib.import_module("cellseg.tiling")
-    except ImportError:
-        return None
-    factory = getattr(tiling, "cli_predictor", None)
-    return None if factory is None else factory(model, args)
+    return _LargeImages(model, tiled=args.tiled, tiled_above=args.tiled_above, tile_size=args.tile_size,
+                        prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh, quiet=args.quiet)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -1,17 +1,13 @@
-"""Prediction: label images and one record per object.
+"""Prediction API: checked arguments, then the one segmentation step of :mod:`cellseg.segment`.
 
-:func:`predict` segments one image with stardist's own post-processing (star-convex polygons and
-non-maximum suppression) and describes each object (label, centroid, area, probability, polygon).
-:func:`predict_many` segments a sequence of images with progress and cancellation, in batches through
-:func:`predict_batch`, which runs the network directly (``keras_model.predict_on_batch``, without the
-per-call overhead of ``keras.Model.predict``) and then stardist's own sparse post-processing, so its
-labels are identical to :func:`predict`'s.
+:func:`predict` segments one image, :func:`predict_batch` several (same-shape images share network
+calls), :func:`predict_many` a sequence with progress and cancellation, in batches. All three give
+stardist's ``predict_instances`` labels (star-convex polygons, non-maximum suppression) and one record
+per object (label, centroid, area, probability, polygon).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,8 +26,14 @@ from cellseg.errors import (
     require_number,
 )
 from cellseg.models import CellsegModel
-
-OBJECT_COLUMNS = ["label", "centroid_y", "centroid_x", "area", "probability", "polygon"]
+from cellseg.segment import (  # noqa: F401  (OBJECT_COLUMNS and the steps are part of this module's API)
+    OBJECT_COLUMNS,
+    network_outputs,
+    objects_table,
+    pad_for_network,
+    prepare,
+    segment_images,
+)
 
 
 def check_model(model: Any, what: str = "model") -> CellsegModel:
@@ -113,19 +115,8 @@ def predict(model: CellsegModel, image: np.ndarray, *, prob_thresh: float | None
     objects : DataFrame
         One row per object with :data:`OBJECT_COLUMNS`; ``polygon`` is WKT in (x, y) pixel coordinates.
     """
-    name = _name(name)
-    image = check_input(model, image, name)
-    prob, nms = resolve_thresholds(model, prob_thresh, nms_thresh)
-    normalize = require_bool(normalize, "normalize")
-    tiles = _n_tiles(n_tiles, image.ndim) if n_tiles is not None else None
-    x = cio.normalize(image) if normalize else image.astype(np.float32, copy=False)
-    kwargs: dict[str, Any] = {"prob_thresh": prob, "nms_thresh": nms, "show_tile_progress": False}
-    if tiles is not None:
-        kwargs["n_tiles"] = tiles
-    with contextlib.redirect_stdout(io.StringIO()):
-        labels, details = model.stardist.predict_instances(x, **kwargs)
-    labels = labels.astype(np.int32, copy=False)
-    return labels, objects_table(labels, details)
+    return predict_batch(model, [image], prob_thresh=prob_thresh, nms_thresh=nms_thresh, names=[_name(name)],
+                         normalize=normalize, n_tiles=n_tiles)[0]
 
 
 def predict_many(model: CellsegModel, images: Iterable[np.ndarray], *, names: Sequence[str] | None = None,
@@ -134,11 +125,12 @@ def predict_many(model: CellsegModel, images: Iterable[np.ndarray], *, names: Se
                  progress: Callable[[float, str], None] | None = None,
                  should_cancel: Callable[[], bool] | None = None,
                  batch_size: int = 8) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
-    """Segment images in batches of ``batch_size``, yielding ``(labels, objects)`` for each image in order.
+    """Segment images in batches of ``batch_size`` (:func:`predict_batch`), yielding ``(labels, objects)``
+    for each image in order.
 
     Labels are identical to :func:`predict` one image at a time. ``should_cancel`` is polled before each
-    batch; cancelling raises :class:`CancelledError`. With ``n_tiles`` (stardist's network tiling) each
-    image goes through :func:`predict` instead.
+    batch; cancelling raises :class:`CancelledError`. With ``n_tiles`` (stardist's network tiling) the
+    batches are of one image.
     """
     check_model(model)
     images = _image_sequence(images)
@@ -165,11 +157,8 @@ def predict_many(model: CellsegModel, images: Iterable[np.ndarray], *, names: Se
         if names is not None and done + len(chunk) > len(names):
             raise InputError(f"predict_many: {len(names)} names for more images")
         chunk_names = [names[done + k] if names is not None else f"image {done + k}" for k in range(len(chunk))]
-        if n_tiles is not None:
-            results = [predict(model, chunk[0], prob_thresh=prob_thresh, nms_thresh=nms_thresh, n_tiles=n_tiles,
-                               name=chunk_names[0])]
-        else:
-            results = predict_batch(model, chunk, prob_thresh=prob_thresh, nms_thresh=nms_thresh, names=chunk_names)
+        results = predict_batch(model, chunk, prob_thresh=prob_thresh, nms_thresh=nms_thresh, names=chunk_names,
+                                n_tiles=n_tiles)
         for name, result in zip(chunk_names, results):
             done += 1
             if progress is not None:
@@ -179,134 +168,36 @@ def predict_many(model: CellsegModel, images: Iterable[np.ndarray], *, names: Se
 
 def predict_batch(model: CellsegModel, images: Sequence[np.ndarray], *, prob_thresh: float | None = None,
                   nms_thresh: float | None = None, names: Sequence[str] | None = None, normalize: bool = True,
-                  network_batch: int = 1) -> list[tuple[np.ndarray, pd.DataFrame]]:
-    """Segment several images; labels are identical to :func:`predict` on each image.
+                  network_batch: int = 1, n_tiles: tuple[int, int] | int | None = None,
+                  ) -> list[tuple[np.ndarray, pd.DataFrame]]:
+    """Segment several images with :func:`cellseg.segment.segment_images`; labels are stardist's
+    ``predict_instances``'s.
 
     Each image is normalised and padded (reflect, at the end, to the network's divisor) as stardist
     does; images with the same padded shape are grouped and go through the network ``network_batch`` at
     a time with ``keras_model.predict_on_batch``; the outputs are taken apart per image and
-    post-processed with stardist's sparse candidate selection, NMS and polygon rendering.
+    post-processed with stardist's sparse candidate selection, NMS and polygon rendering. With
+    ``n_tiles`` each image goes through stardist's tiled network (``predict_sparse``) instead.
 
-    ``network_batch=1`` (default) is bit-identical to :func:`predict`: on the CPU, TensorFlow's
-    convolutions give results that differ in the last float bits (about 1e-7) when images are stacked,
-    which can reorder near-equal candidates in NMS, and stacking brought no speed-up on the CPU
-    (measured in ``docs/benchmarks.md``); the gain over a stardist loop comes from skipping
+    ``network_batch=1`` (default) is bit-identical to stardist's ``predict_instances``: on the CPU,
+    TensorFlow's convolutions give results that differ in the last float bits (about 1e-7) when images
+    are stacked, which can reorder near-equal candidates in NMS, and stacking brought no speed-up on the
+    CPU (measured in ``docs/benchmarks.md``); the gain over a stardist loop comes from skipping
     ``keras.Model.predict``'s per-call overhead. Larger values stack images into one network call
     (useful on a GPU) at the cost of that bit-exactness.
     """
     check_model(model)
     network_batch = require_int(network_batch, "network_batch", 1)
     normalize = require_bool(normalize, "normalize")
+    tiles = _n_tiles(n_tiles, 3) if n_tiles is not None else None
     images = list(_image_sequence(images))
     names = _names(names, images)
     if names is not None and len(names) != len(images):
         raise InputError(f"predict_batch: {len(names)} names for {len(images)} images")
     names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
     prob, nms = resolve_thresholds(model, prob_thresh, nms_thresh)
-    prepared = []
-    for image, name in zip(images, names):
-        image = check_input(model, image, name)
-        x = cio.normalize(image) if normalize else image.astype(np.float32, copy=False)
-        if x.ndim == 2:
-            x = x[..., np.newaxis]
-        prepared.append(pad_for_network(x, model.config.divisor))
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, (xp, _) in enumerate(prepared):
-        groups.setdefault(xp.shape, []).append(i)
-    outputs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for members in groups.values():
-        for s in range(0, len(members), network_batch):
-            part = members[s:s + network_batch]
-            probs, dists = network_outputs(model, np.stack([prepared[i][0] for i in part]))
-            for k, i in enumerate(part):
-                outputs[i] = (probs[k], dists[k])
-    results = []
-    for i, (xp, pad) in enumerate(prepared):
-        shape = (xp.shape[0] - pad[0], xp.shape[1] - pad[1])
-        labels, details = instances_from_outputs(model, shape, outputs[i][0], outputs[i][1], prob, nms)
-        results.append((labels, objects_table(labels, details)))
-    return results
-
-
-def pad_for_network(x: np.ndarray, divisor: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Pad a ``YXC`` float image at the end of Y and X (reflect) to multiples of ``divisor``, as stardist."""
-    divisor = require_int(divisor, "divisor", 1)
-    pad = tuple((divisor - s % divisor) % divisor for s in x.shape[:2])
-    if any(pad):
-        x = np.pad(x, ((0, pad[0]), (0, pad[1]), (0, 0)), mode="reflect")
-    return x, (int(pad[0]), int(pad[1]))
-
-
-def network_outputs(model: CellsegModel, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Probability ``(N, h, w)`` and distance ``(N, h, w, n_rays)`` maps (grid resolution) of a ``NYXC`` batch."""
-    out = model.keras_model.predict_on_batch(np.ascontiguousarray(batch, dtype=np.float32))
-    prob, dist = (np.asarray(o) for o in out[:2])
-    return prob[..., 0], dist
-
-
-def candidates(prob: np.ndarray, dist: np.ndarray, shape: tuple[int, int], grid: tuple[int, int],
-               prob_thresh: float, b: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """stardist's sparse candidates: probabilities, distances and (y, x) pixel points above ``prob_thresh``.
-
-    ``prob`` and ``dist`` are the network's maps of the padded input (not cropped: stardist excludes the
-    ``b`` border cells of the padded map, then drops points outside the image ``shape``).
-    """
-    from stardist.nms import _ind_prob_thresh
-
-    inds = _ind_prob_thresh(prob, prob_thresh, b=b)
-    probs = prob[inds].copy()
-    dists = np.maximum(1e-3, dist[inds])
-    points = np.stack(np.where(inds), axis=1) * np.array(grid).reshape(1, 2)
-    keep = np.all(points < np.array(shape).reshape(1, 2), axis=1)
-    return probs[keep], dists[keep], points[keep]
-
-
-def instances_from_outputs(model: CellsegModel, shape: tuple[int, int], prob: np.ndarray, dist: np.ndarray,
-                           prob_thresh: float, nms_thresh: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Labels and stardist details from the network maps of a padded image, as ``predict_instances`` (sparse)."""
-    p, d, pts = candidates(prob, dist, shape, model.config.grid, prob_thresh)
-    labels, details = model.stardist._instances_from_prediction(
-        shape, p, d.reshape(-1, dist.shape[-1]), points=pts.reshape(-1, 2), prob_thresh=prob_thresh,
-        nms_thresh=nms_thresh, verbose=False)
-    return labels.astype(np.int32, copy=False), details
-
-
-def objects_table(labels: np.ndarray, details: dict[str, np.ndarray], offset: tuple[int, int] = (0, 0)) -> pd.DataFrame:
-    """One row per object present in ``labels``; ``details`` are stardist's (label k = entry k-1).
-
-    ``offset`` (y, x) is added to centroids and polygons (objects of a tile within a larger image).
-    """
-    from skimage.measure import regionprops_table
-
-    labels = np.asarray(labels)
-    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
-        raise InputError(f"objects_table: labels must be a 2D integer label image, got shape {labels.shape} "
-                         f"and dtype {labels.dtype}")
-    if labels.size == 0 or labels.max() == 0:
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(OBJECT_COLUMNS, _COLUMN_DTYPES)})
-    props = regionprops_table(labels, properties=("label", "centroid", "area"))
-    lab = props["label"].astype(np.int64)
-    prob = np.asarray(details["prob"], dtype=np.float64)
-    coord = np.asarray(details["coord"], dtype=np.float64)  # (n, 2, n_rays): y, x
-    oy, ox = offset
-    df = pd.DataFrame({
-        "label": lab,
-        "centroid_y": props["centroid-0"] + oy,
-        "centroid_x": props["centroid-1"] + ox,
-        "area": props["area"].astype(np.int64),
-        "probability": prob[lab - 1],
-        "polygon": [polygon_wkt(coord[k - 1][0] + oy, coord[k - 1][1] + ox) for k in lab],
-    })
-    return df
-
-
-_COLUMN_DTYPES = ["int64", "float64", "float64", "int64", "float64", "object"]
-
-
-def polygon_wkt(ys: np.ndarray, xs: np.ndarray) -> str:
-    """A closed polygon as WKT (``POLYGON ((x y, ...))``), readable by GIS tools and KNIME Geospatial."""
-    pts = ", ".join(f"{x:.2f} {y:.2f}" for y, x in zip(ys, xs))
-    return f"POLYGON (({pts}, {xs[0]:.2f} {ys[0]:.2f}))"
+    prepared = [prepare(check_input(model, image, name), normalize) for image, name in zip(images, names)]
+    return segment_images(model, prepared, prob, nms, network_batch=network_batch, n_tiles=tiles)
 
 
 def _n_tiles(n_tiles: Sequence[int] | int, ndim: int) -> tuple[int, ...]:

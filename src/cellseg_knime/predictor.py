@@ -253,15 +253,11 @@ class StarDistPredictor:
             except InputError as err:
                 raise ValueError(str(err)) from err
             images.append(img)
-        n_tiles = (self.advanced.n_tiles,) * 2 if self.advanced.n_tiles > 1 else None
+        n_tiles = self.advanced.n_tiles if self.advanced.n_tiles > 1 else None
         try:
-            if n_tiles is None and len(images) > 1:
-                predicted = list(prediction.predict_batch(
-                    model, images, prob_thresh=prob, nms_thresh=nms, names=[f"Row '{rid}'" for rid in chunk.index],
-                    network_batch=self.advanced.batch_size))
-            else:
-                predicted = [prediction.predict(model, img, prob_thresh=prob, nms_thresh=nms, n_tiles=n_tiles,
-                                                name=f"Row '{rid}'") for rid, img in zip(chunk.index, images)]
+            predicted = prediction.predict_batch(
+                model, images, prob_thresh=prob, nms_thresh=nms, names=[f"Row '{rid}'" for rid in chunk.index],
+                network_batch=self.advanced.batch_size, n_tiles=n_tiles)
         except InputError as err:
             raise ValueError(str(err)) from err
         results = []
@@ -275,7 +271,7 @@ class StarDistPredictor:
 
     def _predict_large(self, ctx: Any, model: Any, chunk: pd.DataFrame, col: str, sink: CellSink,
                        done: int, total: int) -> list[tuple[Any, ...]]:
-        from cellseg import tiling
+        from cellseg import streaming, tiling
 
         prob, nms = self._thresholds()
         overlap = self.large_image.overlap or None
@@ -296,7 +292,7 @@ class StarDistPredictor:
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", tiling.TilingWarning)
-                    _, objects = tiling.predict_large(
+                    _, objects = streaming.predict_large(
                         model, src, sink.stage(target), tile_size=self.large_image.tile_size, overlap=overlap,
                         prob_thresh=prob, nms_thresh=nms, progress=progress, should_cancel=ctx.is_canceled)
                 for w in caught:
