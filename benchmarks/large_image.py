@@ -81,7 +81,7 @@ def worker(method: str, model_path: str, image: str, out: str, tile: int) -> dic
 
     import tifffile
 
-    from cellseg import io as cio
+    from cellseg import images as cimages
     from cellseg.models import load_model
 
     model = load_model(model_path)
@@ -95,7 +95,7 @@ def worker(method: str, model_path: str, image: str, out: str, tile: int) -> dic
         n = len(objects)
     else:
         img = tifffile.imread(image)
-        x = cio.normalize(img)
+        x = cimages.normalize(img)
         kw = dict(prob_thresh=thr["prob"], nms_thresh=thr["nms"], show_tile_progress=False)
         with contextlib.redirect_stdout(io.StringIO()):
             if method == "sd_untiled":
@@ -159,7 +159,7 @@ def bench_small(model_path: str, n: int) -> dict:
     import contextlib
     import io
 
-    from cellseg import io as cio
+    from cellseg import images as cimages
     from cellseg.models import load_model
     from cellseg.prediction import predict_many
 
@@ -167,13 +167,13 @@ def bench_small(model_path: str, n: int) -> dict:
     source, images = small_images(n)
     thr = model.thresholds
     kw = dict(prob_thresh=thr["prob"], nms_thresh=thr["nms"], show_tile_progress=False)
-    warm = cio.normalize(images[0])
+    warm = cimages.normalize(images[0])
     with contextlib.redirect_stdout(io.StringIO()):
         model.stardist.predict_instances(warm, **kw)
     list(predict_many(model, images[:2]))
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        ref = [model.stardist.predict_instances(cio.normalize(im), **kw)[0] for im in images]
+        ref = [model.stardist.predict_instances(cimages.normalize(im), **kw)[0] for im in images]
     t_sd = time.perf_counter() - t0
     t0 = time.perf_counter()
     ours = [labels for labels, _ in predict_many(model, images, batch_size=8)]

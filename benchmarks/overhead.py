@@ -36,7 +36,7 @@ def main() -> None:
 
     from stardist.models import StarDist2D
 
-    from cellseg import io as cio
+    from cellseg import images as cimages
     from cellseg.models import ModelConfig, set_seed
     from cellseg.prediction import predict, predict_batch
     from cellseg.simulate import simulate_dataset
@@ -77,7 +77,7 @@ def main() -> None:
     kw = dict(prob_thresh=thr["prob"], nms_thresh=thr["nms"], show_tile_progress=False)
     predict(model, test[0])
     with contextlib.redirect_stdout(io.StringIO()):
-        model.stardist.predict_instances(cio.normalize(test[0]), **kw)
+        model.stardist.predict_instances(cimages.normalize(test[0]), **kw)
     pt: dict[str, list[float]] = {"ours_predict": [], "ours_predict_batch": [], "raw_predict": []}
     for _ in range(args.repeats):
         t0 = time.perf_counter()
@@ -88,7 +88,7 @@ def main() -> None:
         pt["ours_predict_batch"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):
-            raw = [model.stardist.predict_instances(cio.normalize(im), **kw)[0] for im in test]
+            raw = [model.stardist.predict_instances(cimages.normalize(im), **kw)[0] for im in test]
         pt["raw_predict"].append(time.perf_counter() - t0)
     same = all(np.array_equal(a, b) and np.array_equal(a, c) for a, b, c in zip(raw, ours, batch))
 

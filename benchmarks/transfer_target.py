@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellseg import io as cio
+from cellseg import images as cimages
+from cellseg import masks as cmasks
 from cellseg import metrics
 from cellseg.data import shared_data_dir
 from cellseg.models import load_model
@@ -43,11 +44,11 @@ def brightfield_grey() -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
     table = pd.read_csv(root / "manifest.csv").sort_values("file")
     names, images, masks = [], [], []
     for f in table[(table["height"] == 1024) & (table["width"] == 1024)]["file"]:
-        img = cio.read_image(root / "images" / f)
+        img = cimages.read_image(root / "images" / f)
         img = img[..., 0] if img.ndim == 3 else img
         names.append(Path(f).stem)
         images.append(img)
-        masks.append(cio.check_mask(cio.read_image(root / "masks" / f), f))
+        masks.append(cmasks.check_mask(cimages.read_image(root / "masks" / f), f))
     return names, images, masks
 
 

@@ -83,12 +83,12 @@ def main() -> int:
                        data_description=description)
     model = result.model
     if result.cancelled:  # stopped by the time budget: thresholds were not optimised yet
-        from cellseg import io as cio
+        from cellseg import images as cimages
         from cellseg.training import optimize_thresholds, split_validation
 
         _, val_idx = split_validation(len(all_images), tc.validation_fraction, tc.seed)
         val_idx = [i for i in val_idx if i < len(names)][:40]
-        optimize_thresholds(model, [cio.normalize(all_images[i]) for i in val_idx], [all_masks[i] for i in val_idx])
+        optimize_thresholds(model, [cimages.normalize(all_images[i]) for i in val_idx], [all_masks[i] for i in val_idx])
     print(f"trained {result.steps} steps in {result.seconds / 60:.1f} min ({model.steps_trained} in all); "
           f"thresholds {model.thresholds}", flush=True)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cellseg.io import write_image
+from cellseg.images import write_image
 from cellseg_knime import cells, compat
 
 KINDS = ("png", "path", "string")

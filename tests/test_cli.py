@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellseg import io as cio
+from cellseg import images as cimages
 from cellseg.cli import main
 
 TINY = ["--epochs", "1", "--steps-per-epoch", "3", "--patch-size", "64", "--no-optimize-thresholds"]
@@ -28,7 +28,7 @@ def test_simulate_writes_pairs(sim):
     images = sorted(p.name for p in (sim / "images").iterdir())
     masks = sorted(p.name for p in (sim / "masks").iterdir())
     assert images == masks and len(images) == 4
-    assert cio.read_image(sim / "images" / images[0]).shape == (96, 96)
+    assert cimages.read_image(sim / "images" / images[0]).shape == (96, 96)
 
 
 def test_train_retrain_predict_evaluate(sim, tmp_path, capsys):
@@ -67,7 +67,7 @@ def test_errors_are_one_line_and_name_the_file(sim, tmp_path, capsys):
     masks = tmp_path / "masks"
     masks.mkdir()
     first = sorted((sim / "masks").iterdir())[0]
-    cio.write_image(masks / first.name, cio.read_image(first)[:50])
+    cimages.write_image(masks / first.name, cimages.read_image(first)[:50])
     code = main(["-q", "train", "--images", str(sim / "images"), "--masks", str(masks), "--out",
                  str(tmp_path / "m"), *TINY])
     err = capsys.readouterr().err.strip().splitlines()
@@ -91,8 +91,8 @@ def test_binary_masks_need_label_components(tmp_path, capsys):
     from cellseg import simulate
 
     img, lab = simulate.simulate_image(96, seed=3)
-    cio.write_image(tmp_path / "i" / "a.tif", img)
-    cio.write_image(tmp_path / "m" / "a.tif", (lab > 0).astype(np.uint8))
+    cimages.write_image(tmp_path / "i" / "a.tif", img)
+    cimages.write_image(tmp_path / "m" / "a.tif", (lab > 0).astype(np.uint8))
     args = ["-q", "train", "--images", str(tmp_path / "i"), "--masks", str(tmp_path / "m"), "--out",
             str(tmp_path / "model"), "--n-rays", "8", "--depth", "1", "--filters", "4", *TINY]
     assert main(args) == 2

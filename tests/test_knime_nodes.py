@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cellseg.io import write_image
+from cellseg.images import write_image
 from cellseg_knime import cells
 from cellseg_knime.learners import HISTORY_COLUMNS, StarDistRetrainer
 from cellseg_knime.ports import StarDistModelPortObject, StarDistModelSpec, summary_from_bundle

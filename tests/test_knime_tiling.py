@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellseg.io import write_image
+from cellseg.images import write_image
 from cellseg_knime import cells
 from cellseg_knime.ports import StarDistModelPortObject, StarDistModelSpec, summary_from_bundle
 from cellseg_knime.predictor import StarDistPredictor
@@ -110,7 +110,7 @@ def test_predictor_large_image_mode(tmp_path: Path, big_pair, knime_model_bytes:
     odf = out.to_pandas()
     path = Path(odf["labels"].iloc[0].path)
     assert path.is_file() and path.parent == tmp_path / "out"
-    from cellseg.io import read_image
+    from cellseg.images import read_image
 
     assert read_image(path).shape == img.shape
     assert len(objects.to_pandas()) == odf["n_objects"].iloc[0]

@@ -33,9 +33,9 @@ def model() -> CellsegModel:
     m = CellsegModel.create(ModelConfig(n_rays=16, unet_n_depth=2, unet_n_filter_base=8, patch_size=(64, 64)),
                             seed=3)
     img = simulate_image((128, 128), seed=0)[0]
-    from cellseg import io as cio
+    from cellseg import images as cimages
 
-    x, _ = pad_for_network(cio.normalize(img)[..., None], m.config.divisor)
+    x, _ = pad_for_network(cimages.normalize(img)[..., None], m.config.divisor)
     prob, _ = network_outputs(m, x[None])
     m.thresholds = {"prob": float(np.quantile(prob, 0.97)), "nms": 0.3}
     yield m
@@ -72,13 +72,13 @@ def test_predict_is_stardists_predict_instances(model, images, n_tiles):
     import contextlib
     import io
 
-    from cellseg import io as cio
+    from cellseg import images as cimages
 
     thr = model.thresholds
     kwargs = {"n_tiles": n_tiles} if n_tiles else {}
     for im in images[:2] + images[3:5]:
         with contextlib.redirect_stdout(io.StringIO()):
-            ref, details = model.stardist.predict_instances(cio.normalize(im), prob_thresh=thr["prob"],
+            ref, details = model.stardist.predict_instances(cimages.normalize(im), prob_thresh=thr["prob"],
                                                             nms_thresh=thr["nms"], show_tile_progress=False, **kwargs)
         labels, objects = predict(model, im, n_tiles=n_tiles)
         assert labels.dtype == np.int32 and np.array_equal(labels, ref)

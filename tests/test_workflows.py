@@ -444,7 +444,7 @@ def test_examples_are_up_to_date(ext: wf.Extension, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Small simulated images with masks (train / test) and one 'large' image."""
-    from cellseg.io import write_image
+    from cellseg.images import write_image
     from cellseg.simulate import simulate_dataset, write_dataset
 
     root = tmp_path_factory.mktemp("wfdata")
@@ -524,7 +524,7 @@ def test_retrain_headline(trained: tuple[wf.RunResult, Path], data: dict[str, Pa
 
 
 def test_segment_large_image(trained: tuple[wf.RunResult, Path], data: dict[str, Path], tmp_path: Path) -> None:
-    from cellseg.io import read_image
+    from cellseg.images import read_image
 
     _, model = trained
     big = data["root"] / "large"

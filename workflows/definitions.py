@@ -25,7 +25,7 @@ def annotated_sample(data: Path) -> None:
     on a bright background (inverted contrast, as in brightfield), a domain the shipped fluorescence model
     was not trained on. The project ships no third-party data: replace these folders by your own images.
     """
-    from cellseg.io import write_image
+    from cellseg.images import write_image
     from cellseg.simulate import simulate_dataset
 
     images, masks = simulate_dataset(8, size=128, preset="granulocyte_high_noise", seed=11)
@@ -38,7 +38,7 @@ def annotated_sample(data: Path) -> None:
 
 def large_image(data: Path) -> None:
     """One simulated 768x768 fluorescence image (HL60-like nuclei)."""
-    from cellseg.io import write_image
+    from cellseg.images import write_image
     from cellseg.simulate import simulate_dataset
 
     images, _ = simulate_dataset(1, size=768, preset="low_noise", seed=7)

@@ -323,7 +323,7 @@ def check_model_target(path: str | os.PathLike, overwrite: bool = False) -> Path
     (``train``/``retrain --out``, ``--overwrite``), :meth:`CellsegModel.save` and the KNIME Model
     Writer use this one check.
     """
-    from cellseg.io import check_writable_location
+    from cellseg.files import check_writable_location
 
     if path is None or not str(path).strip():
         raise InputError("model output path is empty")

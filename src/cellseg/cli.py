@@ -113,9 +113,9 @@ def _quiet_tensorflow() -> None:
 
 @contextlib.contextmanager
 def show_input_warnings(prog: str = "cellseg") -> Iterator[None]:
-    """Print :class:`cellseg.io.InputWarning` s as ``<prog>: warning: <message>`` on stderr, each finding once
+    """Print :class:`cellseg.images.InputWarning` s as ``<prog>: warning: <message>`` on stderr, each finding once
     (the same mask checked twice, by path and by name, is reported once); other warnings stay silent."""
-    from cellseg.io import InputWarning
+    from cellseg.images import InputWarning
 
     seen: set = set()
 
@@ -305,9 +305,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _load_training_data(args: argparse.Namespace):
-    from cellseg import io as cio
+    from cellseg import folders as cfolders
 
-    names, images, masks = cio.load_pairs(args.images, args.masks, label_components=args.label_components)
+    names, images, masks = cfolders.load_pairs(args.images, args.masks, label_components=args.label_components)
     return names, images, masks
 
 
@@ -323,17 +323,17 @@ def _report_training(result, out: Path) -> None:
 
 def _check_training_outputs(args: argparse.Namespace) -> None:
     """Check the model (--out, --overwrite) and --history locations before any data is read or trained on."""
-    from cellseg import io as cio
+    from cellseg import files as cfiles
     from cellseg.models import check_model_target
 
     inputs = {"images folder": args.images, "masks folder": args.masks,
               "--mix-images folder": getattr(args, "mix_images", None),
               "--mix-masks folder": getattr(args, "mix_masks", None)}
-    cio.check_outside_inputs(args.out, "model output", inputs)
+    cfiles.check_outside_inputs(args.out, "model output", inputs)
     check_model_target(args.out, args.overwrite)
     if args.history is not None:  # "" is an error, not "no history"
-        cio.check_output_file(args.history, "history file", inputs=inputs)
-        cio.check_distinct_outputs({"model output": args.out, "history file": args.history})
+        cfiles.check_output_file(args.history, "history file", inputs=inputs)
+        cfiles.check_distinct_outputs({"model output": args.out, "history file": args.history})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -354,7 +354,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from cellseg import io as cio
+    from cellseg import folders as cfolders
     from cellseg.models import load_model
     from cellseg.training import retrain
 
@@ -365,7 +365,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     if args.mix_images or args.mix_masks:
         if not (args.mix_images and args.mix_masks):
             raise CellsegError("--mix-images and --mix-masks go together (images to mix in and their masks)")
-        _, mix_images, mix_masks = cio.load_pairs(args.mix_images, args.mix_masks,
+        _, mix_images, mix_masks = cfolders.load_pairs(args.mix_images, args.mix_masks,
                                                   label_components=args.label_components)
         mix_data = (mix_images, mix_masks)
     tc = _train_config(args)
@@ -379,11 +379,11 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 def _save_trained(result, args: argparse.Namespace) -> int:
     """Save a trained model (and its history) where the user asked, then report."""
-    from cellseg import io as cio
+    from cellseg import files as cfiles
 
     result.model.save(args.out, overwrite=args.overwrite)
     if args.history is not None:
-        cio.write_bytes_atomic(args.history, result.history.to_csv(index=False).encode())
+        cfiles.write_bytes_atomic(args.history, result.history.to_csv(index=False).encode())
     _report_training(result, Path(args.out))
     return 0
 
@@ -454,21 +454,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """
     import pandas as pd
 
-    from cellseg import io as cio
+    from cellseg import files as cfiles
+    from cellseg import folders as cfolders
+    from cellseg import images as cimages
     from cellseg.models import load_model
     from cellseg.prediction import predict_many
 
     inputs = {"images folder": args.images, "model": args.model if os.path.lexists(args.model) else None}
-    out = cio.check_output_folder(args.out, "output folder", inputs=inputs, overwrite=args.overwrite,
+    out = cfiles.check_output_folder(args.out, "output folder", inputs=inputs, overwrite=args.overwrite,
                                   earlier_output=is_prediction_folder, earlier_desc=PREDICTION_DESC)
-    paths = cio.list_images(args.images)
-    cio.by_stem(paths, args.images)  # a.tif and a.png would both write labels a.tif
+    paths = cfolders.list_images(args.images)
+    cfolders.by_stem(paths, args.images)  # a.tif and a.png would both write labels a.tif
     model = load_model(args.model)
     large = _large_image_predictor(args, model)
     tables = []
     t0 = time.perf_counter()
     with ProgressBar("predicting", disable=args.quiet) as bar, \
-            cio.atomic_folder(out, "output folder", replace=args.overwrite) as tmp:
+            cfiles.atomic_folder(out, "output folder", replace=args.overwrite) as tmp:
         small = []
         for p in paths:
             if large is not None and large.wants(p):
@@ -478,13 +480,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         def images():
             for p in small:
-                yield cio.read_image(p)
+                yield cimages.read_image(p)
+
+        from cellseg.masks import compact_labels
 
         results = predict_many(model, images(), names=[p.stem for p in small], total=len(small),
                                prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh,
                                n_tiles=args.n_tiles, progress=bar)
         for p, (labels, objects) in zip(small, results):
-            cio.write_image(tmp / f"{p.stem}.tif", labels.astype("uint16" if labels.max() < 65536 else "uint32"))
+            cimages.write_image(tmp / f"{p.stem}.tif", compact_labels(labels))
             tables.append(objects.assign(image=p.stem))
         objects = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
         if len(objects):
@@ -504,25 +508,27 @@ def _large_image_predictor(args: argparse.Namespace, model: Any) -> _LargeImages
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from cellseg import io as cio
+    from cellseg import files as cfiles
+    from cellseg import folders as cfolders
+    from cellseg import masks as cmasks
     from cellseg import metrics
 
     inputs = {"predictions folder": args.pred, "masks folder": args.masks}
     for what, path in (("--json file", args.json), ("--csv file", args.csv)):
         if path is not None:  # "" is an error, not "no report"
-            cio.check_output_file(path, what, inputs=inputs)
-    cio.check_distinct_outputs({"--json file": args.json, "--csv file": args.csv})
-    pred_paths = cio.by_stem(cio.list_images(args.pred), args.pred)
-    mask_paths = cio.by_stem(cio.list_images(args.masks), args.masks)
+            cfiles.check_output_file(path, what, inputs=inputs)
+    cfiles.check_distinct_outputs({"--json file": args.json, "--csv file": args.csv})
+    pred_paths = cfolders.by_stem(cfolders.list_images(args.pred), args.pred)
+    mask_paths = cfolders.by_stem(cfolders.list_images(args.masks), args.masks)
     names = list(mask_paths)
     missing = [n for n in names if n not in pred_paths]
     if missing:
         raise CellsegError(f"no prediction in {args.pred} for mask(s) {missing[:5]}")
-    gts = [cio.check_mask(cio.read_mask(mask_paths[n]), str(mask_paths[n]), label_components=args.label_components)
+    gts = [cmasks.check_mask(cmasks.read_mask(mask_paths[n]), str(mask_paths[n]), label_components=args.label_components)
            for n in names]
-    cio.check_annotations(gts, str(args.masks), "to score against")
+    cmasks.check_annotations(gts, str(args.masks), "to score against")
     # predictions are not annotations: an object cut by a later, overlapping one is no warning
-    preds = [cio.check_mask(cio.read_mask(pred_paths[n]), str(pred_paths[n]), annotation=False) for n in names]
+    preds = [cmasks.check_mask(cmasks.read_mask(pred_paths[n]), str(pred_paths[n]), annotation=False) for n in names]
     per_image, summary = metrics.score_dataset(gts, preds, names=names)
     cols = ["iou_threshold", "tp", "fp", "fn", "precision", "recall", "f1", "accuracy", "panoptic_quality"]
     print(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -530,9 +536,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         payload = {"summary": summary.to_dict(orient="records"), "per_image": per_image.to_dict(orient="records"),
                    "mean_ap": metrics.mean_ap(summary)}
-        cio.write_bytes_atomic(args.json, json.dumps(payload, indent=2).encode())
+        cfiles.write_bytes_atomic(args.json, json.dumps(payload, indent=2).encode())
     if args.csv:
-        cio.write_bytes_atomic(args.csv, per_image.to_csv(index=False).encode())
+        cfiles.write_bytes_atomic(args.csv, per_image.to_csv(index=False).encode())
     return 0
 
 

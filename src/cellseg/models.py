@@ -192,7 +192,7 @@ class CellsegModel:
         the old model or the new one, never a mixture or nothing; on failure the old model stays and no
         temporary file is left behind.
         """
-        from cellseg.io import atomic_folder, write_bytes_atomic
+        from cellseg.files import atomic_folder, write_bytes_atomic
 
         overwrite = require_bool(overwrite, "overwrite")
         path = check_model_target(path, overwrite)

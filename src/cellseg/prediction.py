@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellseg import io as cio
+from cellseg import images as cimages
 from cellseg.errors import (
     CancelledError,
     InputError,
@@ -49,7 +49,7 @@ def as_image_array(image: Any, name: str = "image") -> np.ndarray:
         return image
     if image is None or isinstance(image, (str, bytes, os.PathLike)):
         raise InputError(f"{name}: expected an image array (YX or YXC), got {type(image).__name__}"
-                         + (" (read the file with cellseg.io.read_image first)" if image is not None else ""))
+                         + (" (read the file with cellseg.images.read_image first)" if image is not None else ""))
     try:
         return np.asarray(image)
     except (ValueError, TypeError) as err:
@@ -74,7 +74,7 @@ def check_input(model: CellsegModel, image: np.ndarray, name: str = "image") -> 
     arr = as_image_array(image, name)
     if arr.ndim == 3 and arr.shape[-1] != model.config.n_channel_in and arr.shape[0] < arr.shape[-1]:
         raise InputError(channel_mismatch(name, arr.shape, model.config.n_channel_in))
-    image = cio.check_image(arr, name)
+    image = cimages.check_image(arr, name)
     channels = 1 if image.ndim == 2 else image.shape[-1]
     if channels != model.config.n_channel_in:
         raise InputError(channel_mismatch(name, image.shape, model.config.n_channel_in))

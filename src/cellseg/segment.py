@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellseg import io as cio
+from cellseg import images as cimages
 from cellseg.errors import InputError, require_int
 from cellseg.stardist_compat import candidate_mask
 
@@ -37,7 +37,7 @@ Candidates = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 def prepare(image: np.ndarray, normalize: bool = True) -> np.ndarray:
     """A checked ``YX``/``YXC`` image as float32 ``YXC``, percentile-normalised (1, 99.8) unless not ``normalize``."""
-    x = cio.normalize(image) if normalize else image.astype(np.float32, copy=False)
+    x = cimages.normalize(image) if normalize else image.astype(np.float32, copy=False)
     return x[..., np.newaxis] if x.ndim == 2 else x
 
 

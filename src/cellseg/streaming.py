@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellseg import io as cio
+from cellseg import files as cfiles
 from cellseg.errors import CancelledError, InputError, require_callable, require_int
 from cellseg.prediction import channel_mismatch, check_model, resolve_thresholds
 from cellseg.segment import candidates, network_outputs, object_frame, pad_to, suppress
@@ -125,7 +125,7 @@ class _ObjectStore:
 
 
 def _normalizer(source: TileSource) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel 1 / 99.8 percentiles (as :func:`cellseg.io.normalize`) of a strided subsample."""
+    """Per-channel 1 / 99.8 percentiles (as :func:`cellseg.images.normalize`) of a strided subsample."""
     sample = source.sample()
     if sample.dtype == bool:
         sample = sample.astype(np.uint8)
@@ -330,7 +330,7 @@ def _write_tiled(out: Path, shape: tuple[int, int], blocks: Iterator[tuple[tuple
             yield full
 
     big = shape[0] * shape[1] * dtype.itemsize > 2**31
-    with cio.atomic_path(out, "label image") as tmp:
+    with cfiles.atomic_path(out, "label image") as tmp:
         tifffile.imwrite(tmp, data=tiles(), shape=shape, dtype=dtype, tile=(OUTPUT_TILE, OUTPUT_TILE),
                          compression="zlib", photometric="minisblack", bigtiff=big, metadata={"axes": "YX"})
     return out

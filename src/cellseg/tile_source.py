@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from cellseg import io as cio
+from cellseg import images as cimages
 from cellseg.errors import InputError
+from cellseg.images import MAX_UNLABELLED_PAGES
 
 #: Most pixels sampled (per channel) for the normalisation percentiles of a large image.
 SAMPLE_PIXELS = 1 << 19
@@ -45,7 +46,7 @@ class TileSource:
         if not path.is_file():
             raise InputError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
         if path.suffix.lower() not in (".tif", ".tiff"):
-            self.array = cio.read_image(path)
+            self.array = cimages.read_image(path)
             self._set_layout(self.array.shape, self.array.dtype)
             return
         self._open_tiff(path)
@@ -193,7 +194,7 @@ def image_size(path: Path) -> tuple[int, int]:
 
 def stack_problem(path: Path, tif: Any, streaming: bool = True) -> str | None:
     """Why the TIFF ``tif`` cannot be segmented as one 2D image (None if it can), judged from its first
-    series' axes as :func:`cellseg.io.read_image` does: Z stacks and time series (axes ``Z``, ``T``) and
+    series' axes as :func:`cellseg.images.read_image` does: Z stacks and time series (axes ``Z``, ``T``) and
     stacks of more than ``MAX_UNLABELLED_PAGES`` pages without axes metadata are refused. Channels
     stored as separate pages (ImageJ/OME ``C``, or a few unlabelled pages, which ``read_image`` reads as
     channels) cannot be streamed: refused only when ``streaming``."""
@@ -207,7 +208,7 @@ def stack_problem(path: Path, tif: Any, streaming: bool = True) -> str | None:
             kind, planes, plane = named[a]
             return (f"{path}: a {kind} of {n} {planes} (axes {axes}, shape {size}), not a 2D image; cellseg "
                     f"segments 2D images: save one {plane} or a projection as its own file")
-    max_pages = int(getattr(cio, "MAX_UNLABELLED_PAGES", 4))
+    max_pages = MAX_UNLABELLED_PAGES
     samples = any(a in "CS" and n > 1 for a, n in zip(axes, shape))
     if stacks and (len(stacks) > 1 or stacks[0][1] > max_pages or samples):
         total = math.prod(n for _, n in stacks)
