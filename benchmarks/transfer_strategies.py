@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cellseg.models import CellsegModel, load_model
-from cellseg.training import TrainConfig, fit
+from cellseg.training import TrainConfig, TrainingData, fit
 from cellseg.transfer import TLConfig, evaluate, pretrain_data, target_data, welch_p
 
 STRATEGIES = {
@@ -57,7 +57,7 @@ def main() -> int:
             tc = TrainConfig(epochs=4, steps_per_epoch=args.steps // 4, seed=seed, batch_size=cfg.batch_size,
                              patch_size=tuple(cfg.model["patch_size"]), reduce_lr=False, **opts)
             t = time.perf_counter()
-            res = fit(model, xs, ys, tc, validation=(xs, ys), mix_data=mix if use_mix else None)
+            res = fit(model, TrainingData(xs, ys, validation=(xs, ys), mix_data=mix if use_mix else None), tc)
             rows.append({"strategy": name, "seed": seed, **evaluate(res.model, test),
                          "seconds": time.perf_counter() - t})
             print(f"{name} seed {seed}: AP@0.5 {rows[-1]['ap50']:.3f} mAP {rows[-1]['map']:.3f} "

@@ -1,13 +1,14 @@
-"""Training and retraining: determinism, cancellation, progress, provenance and bad input."""
+"""Training and retraining: determinism, cancellation, progress, callbacks, provenance and bad input."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from cellseg.callbacks import TrainingCallback
 from cellseg.errors import InputError
-from cellseg.models import load_model
-from cellseg.training import TrainConfig, retrain, split_validation, train
+from cellseg.models import CellsegModel, load_model
+from cellseg.training import TrainConfig, TrainingData, fit, retrain, split_validation, train
 
 
 def _short(**kw) -> TrainConfig:
@@ -95,3 +96,62 @@ def test_bad_training_input(easy_data, tiny_config):
         train(images[:1], masks[:1], tiny_config, TrainConfig(epochs=0))
     with pytest.raises(InputError, match="no training images"):
         train([], [], tiny_config, _short())
+
+
+class Recorder(TrainingCallback):
+    """Records the hooks fit calls, the weights after each epoch, and stops after ``stop_after`` steps."""
+
+    def __init__(self, stop_after: int) -> None:
+        self.events: list[tuple] = []
+        self.weights: list[tuple[float, list]] = []
+        self.stop_after = stop_after
+        self.steps = 0
+
+    def on_train_begin(self, model, total_steps):
+        self.model = model
+        self.events.append(("begin", total_steps))
+
+    def on_step(self, step, total, logs):
+        self.steps = step
+        self.events.append(("step", step, total))
+
+    def on_epoch_end(self, epoch, step, logs):
+        self.events.append(("epoch", epoch, step))
+        self.weights.append((logs["val_loss"], self.model.keras_model.get_weights()))
+
+    def should_stop(self):
+        return self.steps >= self.stop_after
+
+
+def test_fit_calls_the_hooks_and_keeps_the_best_weights(easy_data, tiny_config):
+    (images, masks), _ = easy_data
+    model = CellsegModel.create(tiny_config, seed=0)
+    rec = Recorder(stop_after=5)
+    data = TrainingData(images[:3], masks[:3], names=["a", "b", "c"], description="three easy images")
+    result = fit(model, data, TrainConfig(epochs=3, steps_per_epoch=2, optimize_thresholds=False), [rec])
+    assert result.model is model and result.cancelled and result.steps == 5
+    assert rec.events == [("begin", 6), ("step", 1, 6), ("step", 2, 6), ("epoch", 1, 2), ("step", 3, 6),
+                          ("step", 4, 6), ("epoch", 2, 4), ("step", 5, 6), ("epoch", 3, 5)]
+    losses = [loss for loss, _ in rec.weights]
+    best = rec.weights[losses.index(min(losses))][1]
+    assert all(np.array_equal(x, y) for x, y in zip(best, model.keras_model.get_weights()))
+    assert model.provenance["trainings"][-1]["data"] == "three easy images"
+    assert list(result.history["epoch"]) == [1, 2, 3] and list(result.history["step"]) == [2, 4, 5]
+
+
+def test_fit_arguments(untrained_tiny_model, easy_data):
+    (images, masks), _ = easy_data
+    model = untrained_tiny_model.copy()
+    data = TrainingData(images[:1], masks[:1])
+    with pytest.raises(InputError, match="data must be a cellseg.trainingdata.TrainingData"):
+        fit(model, images[:1])
+    with pytest.raises(InputError, match=r"callbacks\[0\]=3 must be a cellseg.callbacks.TrainingCallback"):
+        fit(model, data, callbacks=[3])
+    with pytest.raises(InputError, match="train_config must be a TrainConfig"):
+        fit(model, data, 3)
+    with pytest.raises(InputError, match="2 images but 1 masks"):
+        TrainingData(images[:2], masks[:1])
+    with pytest.raises(InputError, match=r"mix_data must be a pair \(images, masks\)"):
+        TrainingData(images[:1], masks[:1], mix_data=images[:1])
+    with pytest.raises(InputError, match="progress=3 must be a function"):
+        retrain(model, images[:1], masks[:1], progress=3)

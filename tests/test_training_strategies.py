@@ -46,7 +46,7 @@ def test_freeze_encoder_keeps_encoder_weights(setup):
 def test_freeze_first_epochs_then_unfreeze(setup, monkeypatch):
     model, images, masks = setup
     # keep the last weights (not the best-val-loss ones, which may be phase 1's after 2 tiny epochs)
-    monkeypatch.setattr("cellseg.training._carry_best", lambda callbacks, best: None)
+    monkeypatch.setattr("cellseg.callbacks.BestWeights.restore", lambda self: None)
     res = retrain(model, images, masks, _tc(freeze_encoder_epochs=1))
     assert res.steps == 4 and list(res.history["epoch"]) == [1, 2]
     w = _split(model, res.model)

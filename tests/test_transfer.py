@@ -15,6 +15,7 @@ def test_tl_eval_quick_end_to_end(tmp_path):
     runs = pd.read_csv(out / "runs.csv")
     assert {"target", "n", "seed", "init", "step", "ap50", "map", "final"} <= set(runs.columns)
     assert set(runs["init"]) == {"scratch", "pre-highnoise"}
+    assert set(runs.loc[~runs["final"], "step"]) == {2}  # evaluated after the first of 2 epochs, by a callback
     summary = pd.read_csv(out / "summary.csv")
     assert "ap50_p" in summary.columns and len(summary) == 3  # 2 inits at n=2, plus the pretrained as is
     md = (out / "results.md").read_text()

@@ -23,11 +23,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellseg import io as cio
+from cellseg import files as cfiles
+from cellseg import images as cimages
 from cellseg import metrics, simulate
+from cellseg.callbacks import EvaluateAtSteps
 from cellseg.errors import InputError
 from cellseg.models import CellsegModel, ModelConfig, load_model
-from cellseg.training import TrainConfig, fit, train
+from cellseg.training import TrainConfig, TrainingData, fit, train
 
 Dataset = tuple[list[np.ndarray], list[np.ndarray]]
 PRETRAIN_KINDS = ("dsb2018", "simmix", "highnoise")
@@ -123,7 +125,7 @@ def evaluate(model: CellsegModel, test: Dataset) -> dict[str, float]:
     preds = []
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         for im in test[0]:
-            lab, _ = model.stardist.predict_instances(cio.normalize(im), prob_thresh=t["prob"], nms_thresh=t["nms"],
+            lab, _ = model.stardist.predict_instances(cimages.normalize(im), prob_thresh=t["prob"], nms_thresh=t["nms"],
                                                       show_tile_progress=False)
             preds.append(lab)
     _, summary = metrics.score_dataset(test[1], preds)
@@ -139,24 +141,12 @@ def _one_run(init: CellsegModel | None, mc: ModelConfig, images: list, masks: li
     tc = TrainConfig(epochs=epochs, steps_per_epoch=spe, seed=seed, batch_size=cfg.batch_size,
                      patch_size=tuple(mc.patch_size), learning_rate=cfg.learning_rate, reduce_lr=False,
                      optimize_thresholds=cfg.optimize_thresholds)
-    marks = {spe * (k + 1) for k in range(epochs - 1)}
-    rows: list[dict[str, Any]] = []
-    clock = {"t0": time.perf_counter(), "eval": 0.0}
-
-    def progress(fraction: float, message: str) -> None:
-        step = int(round(fraction * tc.total_steps))
-        if step in marks and message.startswith("step"):
-            marks.discard(step)
-            t = time.perf_counter()
-            rows.append({"step": step, "train_seconds": t - clock["t0"] - clock["eval"], **evaluate(model, test),
-                         "final": False})
-            clock["eval"] += time.perf_counter() - t
-
+    # evaluated after every epoch but the last (the final model is evaluated after thresholds are set)
+    checkpoints = EvaluateAtSteps([spe * (k + 1) for k in range(epochs - 1)], lambda m: evaluate(m, test))
     n_val = min(len(images), 8)
-    res = fit(model, images, masks, tc, validation=(images[:n_val], masks[:n_val]), progress=progress)
-    final = {"step": res.steps, "train_seconds": time.perf_counter() - clock["t0"] - clock["eval"],
-             **evaluate(model, test)}
-    return [*rows, {**final, "final": True}]
+    res = fit(model, TrainingData(images, masks, validation=(images[:n_val], masks[:n_val])), tc, [checkpoints])
+    final = {"step": res.steps, "train_seconds": checkpoints.train_seconds(), **evaluate(model, test)}
+    return [*({**r, "final": False} for r in checkpoints.results), {**final, "final": True}]
 
 
 def run_experiment(cfg: TLConfig, out: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -164,7 +154,7 @@ def run_experiment(cfg: TLConfig, out: str | Path, log: Callable[[str], None] = 
     out = Path(out)
     if os.path.lexists(out) and not out.is_dir():
         raise InputError(f"output folder {out} exists and is not a folder; choose a new folder")
-    cio.check_writable_location(out / "runs.csv", "output folder")  # before any training
+    cfiles.check_writable_location(out / "runs.csv", "output folder")  # before any training
     mc = cfg.model_config()
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
