@@ -346,7 +346,7 @@ def _api_calls():
         ("predict-n_tiles-str", lambda m, im: P.predict(m, im, n_tiles="2,2"), r"n_tiles='2,2' must be two integers"),
         ("predict-model-None", lambda m, im: P.predict(None, im), r"model must be a CellsegModel"),
         ("predict-image-None", lambda m, im: P.predict(m, None), r"expected an image array"),
-        ("predict-image-path", lambda m, im: P.predict(m, "img.tif"), r"read the file with cellseg\.io\.read_image"),
+        ("predict-image-path", lambda m, im: P.predict(m, "img.tif"), r"read the file with cellseg\.images\.read_image"),
         ("predict-image-ragged", lambda m, im: P.predict(m, [[1, 2], [3]]), r"cannot be made into an image array"),
         ("predict-prob-str", lambda m, im: P.predict(m, im, prob_thresh="abc"), r"prob_thresh='abc' must be a number"),
         ("predict-prob-list", lambda m, im: P.predict(m, im, prob_thresh=[0.5]), r"prob_thresh=\[0\.5\]"),

@@ -25,7 +25,7 @@ import tifffile
 from PIL import Image
 
 from cellseg import files as cfiles
-from cellseg import simulate
+from cellseg import simulate, simulate_folders
 from cellseg.cli import build_parser, main
 from cellseg.errors import InputError
 from cellseg.files import available_memory
@@ -354,7 +354,7 @@ def test_simulate_prefix_cannot_leave_the_output_folder(prefix, tmp_path, capsys
     assert f"prefix {prefix!r}" in one_line_error(capsys)
     assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
     with pytest.raises(InputError, match="prefix"):
-        simulate.write_dataset(tmp_path / "api", [np.zeros((16, 16), np.uint16)], [np.zeros((16, 16), np.uint16)],
+        simulate_folders.write_dataset(tmp_path / "api", [np.zeros((16, 16), np.uint16)], [np.zeros((16, 16), np.uint16)],
                                prefix=prefix)
 
 

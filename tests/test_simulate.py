@@ -10,14 +10,9 @@ from scipy import ndimage as ndi
 
 from cellseg.errors import InputError
 from cellseg.folders import load_pairs
-from cellseg.simulate import (
-    MIXED_PRESETS,
-    PRESETS,
-    SimConfig,
-    simulate_dataset,
-    simulate_image,
-    write_dataset,
-)
+from cellseg.simconfig import MIXED_PRESETS, PRESETS, SimConfig
+from cellseg.simulate import simulate_dataset, simulate_image
+from cellseg.simulate_folders import write_dataset
 
 ALL_PRESETS = [*PRESETS, "mixed"]
 

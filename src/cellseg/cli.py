@@ -295,10 +295,10 @@ def _train_config(args: argparse.Namespace):
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Simulate straight into --out, one image in memory at a time; arguments, output location (nothing is
     overwritten) and memory are checked before the first image is made, and the set arrives all at once."""
-    from cellseg import simulate
+    from cellseg.simulate_folders import simulate_to_folder
 
     with ProgressBar("simulating", disable=args.quiet) as bar:
-        img_dir, mask_dir = simulate.simulate_to_folder(args.out, args.n, size=args.size, preset=args.preset,
+        img_dir, mask_dir = simulate_to_folder(args.out, args.n, size=args.size, preset=args.preset,
                                                         seed=args.seed, prefix=args.prefix, progress=bar)
     print(f"wrote {args.n} images to {img_dir} and their masks to {mask_dir}")
     return 0

@@ -26,6 +26,7 @@ from cellseg.images import write_image
 from cellseg.models import ModelConfig, check_model_target
 from cellseg.prediction import predict
 from cellseg.render import overlay
+from cellseg.simulate_folders import write_dataset
 from cellseg.training import TrainConfig, retrain, train
 
 
@@ -51,7 +52,7 @@ def run_demo(out: str | Path = "cellseg-demo", *, n_sim: int = 48, pretrain_step
     log(f"[1/5] simulating {n_sim} images (mixed presets) and pretraining a small model "
         f"for {pretrain_steps} steps")
     sim_images, sim_masks = simulate.simulate_dataset(n_sim, size=256, preset="mixed", seed=seed)
-    simulate.write_dataset(out / "data" / "simulated", sim_images[:8], sim_masks[:8], overwrite=True)  # its own
+    write_dataset(out / "data" / "simulated", sim_images[:8], sim_masks[:8], overwrite=True)  # its own
     epochs = 6
     tc = TrainConfig(epochs=epochs, steps_per_epoch=max(1, pretrain_steps // epochs), seed=seed)
     with bar("pretraining") as b:
