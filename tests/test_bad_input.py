@@ -683,7 +683,7 @@ def test_sigterm_during_training_keeps_the_previous_model(command, tmp_path, old
 
 
 def test_tensorflow_start_up_lines_do_not_reach_stderr():
-    script = "from cellseg.cli import _quiet_tensorflow; _quiet_tensorflow(); import tensorflow; print('ok')"
+    script = "from cellseg.cliutil import _quiet_tensorflow; _quiet_tensorflow(); import tensorflow; print('ok')"
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "ok"
     assert run.stderr == "", run.stderr

@@ -396,7 +396,7 @@ def test_sigterm_leaves_no_temporary_folder(tmp_path):
         import os, signal, sys, time
         from pathlib import Path
         from cellseg.files import atomic_folder
-        from cellseg.cli import Terminated, _raise_terminated
+        from cellseg.cliutil import Terminated, _raise_terminated
 
         signal.signal(signal.SIGTERM, _raise_terminated)
         try:

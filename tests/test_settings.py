@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from cellseg.cli import MODEL_FLAGS, RETRAIN_FLAGS, TRAIN_FLAGS, build_parser
+from cellseg.cli import build_parser
+from cellseg.cli_train import MODEL_FLAGS, RETRAIN_FLAGS, TRAIN_FLAGS
 from cellseg.config import RETRAIN_DEFAULTS, ModelConfig, TrainConfig
 from cellseg.errors import InputError
 from cellseg.settings import describe, settings_of

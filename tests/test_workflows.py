@@ -445,7 +445,8 @@ def test_examples_are_up_to_date(ext: wf.Extension, tmp_path: Path) -> None:
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Small simulated images with masks (train / test) and one 'large' image."""
     from cellseg.images import write_image
-    from cellseg.simulate import simulate_dataset, write_dataset
+    from cellseg.simulate import simulate_dataset
+    from cellseg.simulate_folders import write_dataset
 
     root = tmp_path_factory.mktemp("wfdata")
     images, labels = simulate_dataset(6, size=128, preset="low_noise", seed=3)

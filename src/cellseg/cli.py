@@ -7,25 +7,31 @@ print one line (``cellseg: error: ...``) and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import importlib
-import importlib.abc
-import importlib.machinery
 import json
-import logging
-import math
 import os
-import re
 import signal
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from cellseg.cliutil import (
+    SEED,
+    ArgumentParser,
+    ProgressBar,
+    Terminated,
+    _pair,
+    _quiet_tensorflow,
+    _raise_terminated,
+    float_arg,
+    int_arg,
+    show_input_warnings,
+)
 from cellseg.errors import CancelledError, CellsegError
 
 # Modules that add their own subcommands with ``register_cli(subparsers)``.
@@ -39,257 +45,6 @@ DELEGATED_COMMANDS = {
 }
 
 
-#: Start-up lines TensorFlow's C++ code writes to stderr when it is imported: absl's notice and info/warning
-#: records such as "I0000 00:00:... port.cc:153] oneDNN custom operations are on" (not errors).
-_TF_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
-                       r"|[IW]\d{4} [\d:.]+ +\d+ \S+:\d+\] )")
-
-
-class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
-    """Imports ``tensorflow`` with file descriptor 2 sent to a temporary file, then writes back every line
-    but TensorFlow's start-up notices (:data:`_TF_NOISE`), which ``TF_CPP_MIN_LOG_LEVEL`` no longer
-    silences and which would break the one-line errors and warnings of the command line."""
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != "tensorflow":
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None:
-            return spec
-        real = spec.loader
-
-        class Loader(importlib.abc.Loader):
-            def create_module(self, spec: Any) -> Any:
-                return real.create_module(spec)
-
-            def exec_module(self, module: Any) -> None:
-                with _filtered_stderr_fd():
-                    real.exec_module(module)
-
-        spec.loader = Loader()
-        return spec
-
-
-@contextlib.contextmanager
-def _filtered_stderr_fd() -> Iterator[None]:
-    import tempfile
-
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):
-        yield
-        return
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(Exception):
-                sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            kept = [line for line in tmp.read().decode(errors="replace").splitlines(keepends=True)
-                    if not _TF_NOISE.match(line)]
-            if kept:
-                os.write(2, "".join(kept).encode())
-
-
-def _quiet_tensorflow() -> None:
-    # TensorFlow's C++ start-up messages (oneDNN, absl) would add lines to the one-line errors
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _QuietTensorFlowImport())
-    warnings.filterwarnings("ignore")
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    try:
-        import absl.logging
-
-        absl.logging.set_verbosity(absl.logging.ERROR)
-    except ImportError:
-        pass
-
-
-@contextlib.contextmanager
-def show_input_warnings(prog: str = "cellseg") -> Iterator[None]:
-    """Print :class:`cellseg.images.InputWarning` s as ``<prog>: warning: <message>`` on stderr, each finding once
-    (the same mask checked twice, by path and by name, is reported once); other warnings stay silent."""
-    from cellseg.images import InputWarning
-
-    seen: set = set()
-
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
-        if not issubclass(category, InputWarning):
-            return
-        key = getattr(message, "key", str(message))
-        if key not in seen:
-            seen.add(key)
-            print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("always", category=InputWarning)
-        warnings.showwarning = show
-        yield
-
-
-class ProgressBar:
-    """A tqdm progress bar fed with ``(fraction, message)`` callbacks."""
-
-    def __init__(self, desc: str, total: int = 1000, disable: bool = False) -> None:
-        from tqdm import tqdm
-
-        self._bar = tqdm(total=total, desc=desc, disable=disable, leave=True, file=sys.stderr,
-                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
-        self._total = total
-
-    def __call__(self, fraction: float, message: str = "") -> None:
-        n = int(round(fraction * self._total))
-        self._bar.update(max(0, n - self._bar.n))
-        if message:
-            self._bar.set_postfix_str(message, refresh=False)
-
-    def close(self) -> None:
-        self._bar.close()
-
-    def __enter__(self) -> ProgressBar:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
-# -- argument helpers -----------------------------------------------------------------------------
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with the one-line errors of the error contract: ``cellseg: error: <message> (see 'cellseg
-    train --help')`` and exit status 2, instead of the usage block. Subcommand parsers inherit it."""
-
-    def error(self, message: str) -> NoReturn:
-        root = self.prog.split()[0]
-        self.exit(2, f"{root}: error: {message} (see '{self.prog} --help')\n")
-
-
-def _bounds_text(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
-    if lo is not None and hi is not None:
-        return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-    if lo is not None:
-        return f"{'>' if lo_open else '>='} {lo}"
-    return f"{'<' if hi_open else '<='} {hi}"
-
-
-def int_arg(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
-    """An argparse ``type`` for integers in ``[lo, hi]``: anything else is refused naming the flag."""
-    bounds = "" if lo is None and hi is None else " " + (
-        f"from {lo} to {hi}" if lo is not None and hi is not None else _bounds_text(lo, hi, False, False))
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer{bounds}, got {text!r}") from None
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise argparse.ArgumentTypeError(f"expected an integer{bounds}, got {value}")
-        return value
-
-    parse.__name__ = "integer"
-    return parse
-
-
-def float_arg(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-              hi_open: bool = False) -> Callable[[str], float]:
-    """An argparse ``type`` for finite numbers in a range (``lo_open``/``hi_open`` exclude the bound)."""
-    bounds = "" if lo is None and hi is None else " " + _bounds_text(lo, hi, lo_open, hi_open)
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number{bounds}, got {text!r}") from None
-        bad = (not math.isfinite(value) or (lo is not None and (value <= lo if lo_open else value < lo))
-               or (hi is not None and (value >= hi if hi_open else value > hi)))
-        if bad:
-            raise argparse.ArgumentTypeError(f"expected a number{bounds}, got {text.strip()}")
-        return value
-
-    parse.__name__ = "number"
-    return parse
-
-
-def int_list_arg(lo: int | None = None, hi: int | None = None) -> Callable[[str], list[int]]:
-    """An argparse ``type`` for a comma-separated list of integers in ``[lo, hi]`` (at least one)."""
-    one = int_arg(lo, hi)
-
-    def parse(text: str) -> list[int]:
-        values = [one(v) for v in text.split(",") if v.strip()]
-        if not values:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of integers, got {text!r}")
-        return values
-
-    parse.__name__ = "list of integers"
-    return parse
-
-
-def pair_arg(lo: int = 1, allowed: Sequence[int] | None = None) -> Callable[[str], tuple[int, int]]:
-    """An argparse ``type`` for ``N`` or ``N,M`` (also ``NxM``): integers >= ``lo`` (or in ``allowed``)."""
-    what = f"one of {', '.join(map(str, allowed))}" if allowed else f"integers >= {lo}"
-
-    def parse(text: str) -> tuple[int, int]:
-        try:
-            parts = [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected N or N,M with {what}, got {text!r}") from None
-        if len(parts) == 1:
-            parts = parts * 2
-        if len(parts) != 2 or any(p < lo for p in parts) or (allowed and any(p not in allowed for p in parts)):
-            raise argparse.ArgumentTypeError(f"expected N or N,M with {what}, got {text!r}")
-        return parts[0], parts[1]
-
-    parse.__name__ = "pair"
-    return parse
-
-
-#: Seeds everywhere: what NumPy and TensorFlow accept.
-SEED = int_arg(0, 2**32 - 1)
-_pair = pair_arg(1)
-
-
-#: The settings each command exposes as flags; their defaults, bounds and help come from cellseg.config.
-MODEL_FLAGS = ("backbone", "n_rays", "grid", "unet_n_depth", "unet_n_filter_base")
-TRAIN_FLAGS = ("epochs", "steps_per_epoch", "learning_rate", "batch_size", "patch_size", "augment",
-               "validation_fraction", "seed", "optimize_thresholds")
-RETRAIN_FLAGS = ("freeze_encoder", "freeze_encoder_epochs", "encoder_lr_factor", "reinit_heads", "mix_fraction")
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from cellseg.config import ModelConfig
-    from cellseg.settings import add_arguments
-
-    add_arguments(p.add_argument_group("architecture"), ModelConfig, MODEL_FLAGS)
-
-
-def _add_train_args(p: argparse.ArgumentParser, retraining: bool = False) -> None:
-    from cellseg.config import RETRAIN_DEFAULTS, TrainConfig
-    from cellseg.settings import add_arguments
-
-    g = p.add_argument_group("training")
-    add_arguments(g, TrainConfig, TRAIN_FLAGS + (RETRAIN_FLAGS if retraining else ()),
-                  RETRAIN_DEFAULTS if retraining else None)
-    g.add_argument("--label-components", action="store_true",
-                   help="treat binary masks as foreground and label their connected components")
-    if retraining:
-        g.add_argument("--mix-images", help="folder of pretraining-domain images to mix in")
-        g.add_argument("--mix-masks", help="their masks (same file names)")
-
-
-def _train_config(args: argparse.Namespace):
-    from cellseg.config import TrainConfig
-    from cellseg.settings import from_arguments
-
-    retraining = hasattr(args, "freeze_encoder")
-    return from_arguments(TrainConfig, args, TRAIN_FLAGS + (RETRAIN_FLAGS if retraining else ()))
-
-
 # -- commands -------------------------------------------------------------------------------------
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -301,90 +56,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         img_dir, mask_dir = simulate_to_folder(args.out, args.n, size=args.size, preset=args.preset,
                                                         seed=args.seed, prefix=args.prefix, progress=bar)
     print(f"wrote {args.n} images to {img_dir} and their masks to {mask_dir}")
-    return 0
-
-
-def _load_training_data(args: argparse.Namespace):
-    from cellseg import folders as cfolders
-
-    names, images, masks = cfolders.load_pairs(args.images, args.masks, label_components=args.label_components)
-    return names, images, masks
-
-
-def _report_training(result, out: Path) -> None:
-    h = result.history
-    last = h.iloc[-1].to_dict() if len(h) else {}
-    status = "cancelled, kept the best weights so far" if result.cancelled else "done"
-    print(f"trained {result.steps} steps in {result.seconds:.1f} s ({status}); "
-          f"final loss {last.get('loss', float('nan')):.4f}, val_loss {last.get('val_loss', float('nan')):.4f}; "
-          f"thresholds {result.model.thresholds}")
-    print(f"model saved to {out}")
-
-
-def _check_training_outputs(args: argparse.Namespace) -> None:
-    """Check the model (--out, --overwrite) and --history locations before any data is read or trained on."""
-    from cellseg import files as cfiles
-    from cellseg.models import check_model_target
-
-    inputs = {"images folder": args.images, "masks folder": args.masks,
-              "--mix-images folder": getattr(args, "mix_images", None),
-              "--mix-masks folder": getattr(args, "mix_masks", None)}
-    cfiles.check_outside_inputs(args.out, "model output", inputs)
-    check_model_target(args.out, args.overwrite)
-    if args.history is not None:  # "" is an error, not "no history"
-        cfiles.check_output_file(args.history, "history file", inputs=inputs)
-        cfiles.check_distinct_outputs({"model output": args.out, "history file": args.history})
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from cellseg.models import ModelConfig
-    from cellseg.training import train
-
-    _check_training_outputs(args)
-    names, images, masks = _load_training_data(args)
-    channels = 1 if images[0].ndim == 2 else images[0].shape[-1]
-    tc = _train_config(args)
-    shape = {k: v for k in ("patch_size", "batch_size") if (v := getattr(tc, k)) is not None}
-    mc = ModelConfig(**{k: getattr(args, k) for k in MODEL_FLAGS}, n_channel_in=channels, **shape)
-    with ProgressBar("training", disable=args.quiet) as bar:
-        result = train(images, masks, mc, tc, names=names, progress=bar, model_name=Path(args.out).name,
-                       data_description=f"{len(names)} images from {args.images}",
-                       label_components=args.label_components)
-    return _save_trained(result, args)
-
-
-def cmd_retrain(args: argparse.Namespace) -> int:
-    from cellseg import folders as cfolders
-    from cellseg.models import load_model
-    from cellseg.training import retrain
-
-    _check_training_outputs(args)
-    model = load_model(args.model)
-    names, images, masks = _load_training_data(args)
-    mix_data = None
-    if args.mix_images or args.mix_masks:
-        if not (args.mix_images and args.mix_masks):
-            raise CellsegError("--mix-images and --mix-masks go together (images to mix in and their masks)")
-        _, mix_images, mix_masks = cfolders.load_pairs(args.mix_images, args.mix_masks,
-                                                  label_components=args.label_components)
-        mix_data = (mix_images, mix_masks)
-    tc = _train_config(args)
-    with ProgressBar("retraining", disable=args.quiet) as bar:
-        result = retrain(model, images, masks, tc, names=names, progress=bar, mix_data=mix_data,
-                         data_description=f"{len(names)} images from {args.images}",
-                         label_components=args.label_components)
-    result.model.provenance["name"] = Path(args.out).name
-    return _save_trained(result, args)
-
-
-def _save_trained(result, args: argparse.Namespace) -> int:
-    """Save a trained model (and its history) where the user asked, then report."""
-    from cellseg import files as cfiles
-
-    result.model.save(args.out, overwrite=args.overwrite)
-    if args.history is not None:
-        cfiles.write_bytes_atomic(args.history, result.history.to_csv(index=False).encode())
-    _report_training(result, Path(args.out))
     return 0
 
 
@@ -552,6 +223,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 # -- parser ---------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from cellseg import cli_train
+
     parser = ArgumentParser(prog="cellseg", description=__doc__.splitlines()[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -567,27 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file name prefix: a plain name, files are <prefix>_0000.tif (default sim)")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("train", help="train a StarDist model from scratch")
-    p.add_argument("--images", required=True, help="folder of images")
-    p.add_argument("--masks", required=True, help="folder of instance masks (same file names)")
-    p.add_argument("--out", required=True, help="model folder to write (or .zip); must be new unless --overwrite")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the model at --out (only a model folder/zip is ever replaced)")
-    p.add_argument("--history", help="write the training history to this CSV")
-    _add_model_args(p)
-    _add_train_args(p)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("retrain", help="retrain (fine-tune) a model on a few annotated images")
-    p.add_argument("--model", required=True, help="model folder, .zip or pretrained name")
-    p.add_argument("--images", required=True)
-    p.add_argument("--masks", required=True)
-    p.add_argument("--out", required=True, help="model folder to write (or .zip); must be new unless --overwrite")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the model at --out (only a model folder/zip is ever replaced)")
-    p.add_argument("--history", help="write the training history to this CSV")
-    _add_train_args(p, retraining=True)
-    p.set_defaults(func=cmd_retrain)
+    cli_train.register_cli(sub)
 
     p = sub.add_parser("predict", help="segment images: label TIFFs + objects.csv")
     p.add_argument("--model", required=True, help="model folder, .zip or pretrained name")
@@ -641,14 +294,6 @@ def _delegate(module: str, command: str, args: argparse.Namespace) -> int:
     """Run a subcommand of another module: ``module.run([-q] command args..., prog="cellseg")``."""
     run = importlib.import_module(module).run
     return int(run([*(["-q"] if args.quiet else []), command, *args.args], prog="cellseg") or 0)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so that temporary files are cleaned up as on Ctrl-C."""
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated(f"signal {signum}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -169,7 +169,7 @@ class _NullBar:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from cellseg.cli import ProgressBar
+    from cellseg.cliutil import ProgressBar
 
     def factory(desc: str):
         return ProgressBar(desc, disable=args.quiet)
@@ -180,7 +180,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def register_cli(sub: Any) -> None:
-    from cellseg.cli import SEED, int_arg
+    from cellseg.cliutil import SEED, int_arg
 
     p = sub.add_parser("demo", help="end-to-end demo: pretrain on simulated data, retrain on 4 real images")
     p.add_argument("--out", default="cellseg-demo", help="output folder (default ./cellseg-demo)")

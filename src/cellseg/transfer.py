@@ -368,7 +368,7 @@ def cmd_tl_eval(args: argparse.Namespace) -> int:
 
 def register_cli(sub: Any) -> None:
     """Add ``cellseg tl-eval``."""
-    from cellseg.cli import float_arg, int_arg, int_list_arg
+    from cellseg.cliutil import float_arg, int_arg, int_list_arg
     p = sub.add_parser("tl-eval", help="transfer-learning experiment: pretrained vs scratch over n and seeds")
     p.add_argument("--out", required=True, help="output folder (runs.csv, summary.csv, results.md, PNGs)")
     p.add_argument("--quick", action="store_true", help="tiny end-to-end run (smoke test)")

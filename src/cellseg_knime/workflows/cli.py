@@ -92,7 +92,7 @@ def register_cli(sub: Any) -> None:
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    from cellseg.cli import ArgumentParser
+    from cellseg.cliutil import ArgumentParser
 
     parser = ArgumentParser(prog=prog, description="KNIME workflows of the cellseg extension: run them "
                             "headlessly, generate the examples.")
@@ -115,7 +115,7 @@ def run(argv: Sequence[str], prog: str | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``cellseg-knime`` command: errors print one line (``cellseg-knime: error: ...``) and return 2;
     SIGTERM is handled like Ctrl-C (temporary folders removed, status 143)."""
-    from cellseg.cli import Terminated, _quiet_tensorflow, _raise_terminated, show_input_warnings
+    from cellseg.cliutil import Terminated, _quiet_tensorflow, _raise_terminated, show_input_warnings
 
     _quiet_tensorflow()
     parser = build_parser("cellseg-knime")
