@@ -40,16 +40,16 @@ def get_model(work: Path, model: str | None) -> str:
     """A model path: the given one, the shipped pretrained model, or a small model trained here once."""
     if model:
         return model
-    from cellseg.models import PRETRAINED_DIR
+    from cellseg.bundle import PRETRAINED_DIR
 
     shipped = sorted(PRETRAINED_DIR.glob("*.zip")) if PRETRAINED_DIR.is_dir() else []
     if shipped:
         return str(shipped[0])
     path = work / "bench_model"
     if not (path / "config.json").is_file():
-        from cellseg.models import ModelConfig
+        from cellseg.config import ModelConfig, TrainConfig
         from cellseg.simulate import simulate_dataset
-        from cellseg.training import TrainConfig, train
+        from cellseg.training import train
 
         images, labels = simulate_dataset(16, size=256, seed=1)
         result = train(images, labels, ModelConfig(), TrainConfig(epochs=3, steps_per_epoch=15))

@@ -37,10 +37,11 @@ def main() -> None:
     from stardist.models import StarDist2D
 
     from cellseg import images as cimages
-    from cellseg.models import ModelConfig, set_seed
+    from cellseg.config import ModelConfig, TrainConfig
+    from cellseg.models import set_seed
     from cellseg.prediction import predict, predict_batch
     from cellseg.simulate import simulate_dataset
-    from cellseg.training import TrainConfig, prepare_data, split_validation, train
+    from cellseg.training import prepare_data, split_validation, train
 
     mc = ModelConfig(n_rays=32, unet_n_depth=3, unet_n_filter_base=args.filters, patch_size=(128, 128),
                      batch_size=4)

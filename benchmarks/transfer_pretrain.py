@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from cellseg.training import TrainConfig, train
+from cellseg.config import TrainConfig
+from cellseg.training import train
 from cellseg.transfer import TLConfig, pretrain_data
 
 

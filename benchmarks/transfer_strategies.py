@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cellseg.config import TrainConfig
 from cellseg.models import CellsegModel, load_model
-from cellseg.training import TrainConfig, TrainingData, fit
+from cellseg.training import TrainingData, fit
 from cellseg.transfer import TLConfig, evaluate, pretrain_data, target_data, welch_p
 
 STRATEGIES = {

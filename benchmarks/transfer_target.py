@@ -27,10 +27,11 @@ import pandas as pd
 from cellseg import images as cimages
 from cellseg import masks as cmasks
 from cellseg import metrics
+from cellseg.config import TrainConfig
 from cellseg.data import shared_data_dir
 from cellseg.models import load_model
 from cellseg.prediction import predict
-from cellseg.training import TrainConfig, retrain, train
+from cellseg.training import retrain, train
 
 HERE = Path(__file__).parent
 

@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from cellseg import metrics, simulate
+from cellseg.bundle import PRETRAINED_DIR
+from cellseg.config import ModelConfig, TrainConfig
 from cellseg.data import dsb2018_fluorescence
-from cellseg.models import PRETRAINED_DIR, ModelConfig
 from cellseg.prediction import predict
 from cellseg.tiling import default_overlap, receptive_field
-from cellseg.training import TrainConfig, train
+from cellseg.training import train
 
 
 def main() -> int:

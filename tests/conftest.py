@@ -20,7 +20,7 @@ def easy_data():
 
 @pytest.fixture(scope="session")
 def tiny_config():
-    from cellseg.models import ModelConfig
+    from cellseg.config import ModelConfig
 
     return ModelConfig(n_rays=16, grid=(1, 1), unet_n_depth=2, unet_n_filter_base=8, patch_size=(64, 64),
                        batch_size=4)
@@ -30,7 +30,8 @@ def tiny_config():
 def untrained_tiny_model():
     """An untrained, very small model (8 rays, depth 1, 4 filters): for tests of where and how models are
     written and read, which need no training."""
-    from cellseg.models import CellsegModel, ModelConfig
+    from cellseg.config import ModelConfig
+    from cellseg.models import CellsegModel
 
     return CellsegModel.create(ModelConfig(n_rays=8, grid=(1, 1), unet_n_depth=1, unet_n_filter_base=4,
                                            patch_size=(32, 32), batch_size=2), seed=0, name="tiny")
@@ -39,7 +40,8 @@ def untrained_tiny_model():
 @pytest.fixture(scope="session")
 def tiny_trained(easy_data, tiny_config):
     """A tiny model trained for 160 steps on easy simulated data (the TrainResult), trained once per run."""
-    from cellseg.training import TrainConfig, train
+    from cellseg.config import TrainConfig
+    from cellseg.training import train
 
     (images, masks), _ = easy_data
     return train(images, masks, tiny_config, TrainConfig(epochs=2, steps_per_epoch=80, learning_rate=1e-3, seed=0),

@@ -23,9 +23,11 @@ import numpy as np
 import pytest
 import tifffile
 
+from cellseg import bundle as cbundle
 from cellseg import models
+from cellseg.config import ModelConfig
 from cellseg.errors import CellsegError, InputError, ModelLoadError
-from cellseg.models import CellsegModel, ModelConfig, load_model
+from cellseg.models import CellsegModel, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -266,9 +268,9 @@ def test_zip_entry_lying_about_its_size_writes_no_more(bundle, private_tmp):
 
 
 def test_zip_with_too_many_entries_is_refused(bundle, private_tmp):
-    data = _bundle_zip(bundle, {f"logs/{i}.txt": b"" for i in range(models.MAX_ZIP_ENTRIES)})
-    with pytest.raises(ModelLoadError, match=rf"has {models.MAX_ZIP_ENTRIES + 4} entries, more than the "
-                                             rf"{models.MAX_ZIP_ENTRIES}") as err:
+    data = _bundle_zip(bundle, {f"logs/{i}.txt": b"" for i in range(cbundle.MAX_ZIP_ENTRIES)})
+    with pytest.raises(ModelLoadError, match=rf"has {cbundle.MAX_ZIP_ENTRIES + 4} entries, more than the "
+                                             rf"{cbundle.MAX_ZIP_ENTRIES}") as err:
         load_model(data)
     _one_line(err)
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from cellseg import simulate
+from cellseg.config import ModelConfig, TrainConfig
 from cellseg.errors import ModelLoadError
-from cellseg.models import CellsegModel, ModelConfig, load_model
-from cellseg.training import TrainConfig, train
+from cellseg.models import CellsegModel, load_model
+from cellseg.training import train
 
 
 def _tiny(backbone: str, **kw) -> ModelConfig:

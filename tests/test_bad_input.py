@@ -640,7 +640,8 @@ def test_cli_warns_once_about_a_split_label_and_trains(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def old_model(tmp_path_factory) -> Path:
-    from cellseg.models import CellsegModel, ModelConfig
+    from cellseg.config import ModelConfig
+    from cellseg.models import CellsegModel
 
     path = tmp_path_factory.mktemp("old") / "model"
     CellsegModel.create(ModelConfig(n_rays=8, grid=(1, 1), unet_n_depth=1, unet_n_filter_base=4,

@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 
 from cellseg import files as cfiles
+from cellseg.bundle import check_model_target
 from cellseg.cli import main
 from cellseg.errors import InputError
 from cellseg.folders import load_pairs
 from cellseg.images import read_image, write_image
 from cellseg.masks import check_mask
-from cellseg.models import CellsegModel, check_model_target, load_model
+from cellseg.models import CellsegModel, load_model
 from cli_helpers import TINY_ARCH, one_line_error, snapshot
 
 TINY = ["--epochs", "1", "--steps-per-epoch", "2", "--patch-size", "32", "--no-optimize-thresholds"]

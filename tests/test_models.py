@@ -12,8 +12,9 @@ import pytest
 
 from cellseg import metrics
 from cellseg.bundle import BUNDLE_FILES, BundleMeta, pretrained_meta, pretrained_names
+from cellseg.config import ModelConfig
 from cellseg.errors import InputError, ModelLoadError
-from cellseg.models import CellsegModel, ModelConfig, load_model
+from cellseg.models import CellsegModel, load_model
 from cellseg.prediction import OBJECT_COLUMNS, predict
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cellseg.config import ModelConfig
 from cellseg.errors import CancelledError, InputError
-from cellseg.models import CellsegModel, ModelConfig
+from cellseg.models import CellsegModel
 from cellseg.prediction import network_outputs, pad_for_network, predict, predict_batch, predict_many
 from cellseg.simulate import simulate_image
 

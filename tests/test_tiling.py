@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import tifffile
 
+from cellseg.config import ModelConfig
 from cellseg.errors import CancelledError, InputError
 from cellseg.metrics import score_image
-from cellseg.models import CellsegModel, ModelConfig
+from cellseg.models import CellsegModel
 from cellseg.prediction import OBJECT_COLUMNS, predict
 from cellseg.simulate import simulate_image
 from cellseg.streaming import predict_large

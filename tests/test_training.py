@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from cellseg.callbacks import TrainingCallback
+from cellseg.config import TrainConfig
 from cellseg.errors import InputError
 from cellseg.models import CellsegModel, load_model
-from cellseg.training import TrainConfig, TrainingData, fit, retrain, split_validation, train
+from cellseg.training import TrainingData, fit, retrain, split_validation, train
 
 
 def _short(**kw) -> TrainConfig:

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from cellseg import simulate
-from cellseg.models import CellsegModel, ModelConfig
-from cellseg.training import TrainConfig, mix_training_data, retrain
+from cellseg.config import ModelConfig, TrainConfig
+from cellseg.models import CellsegModel
+from cellseg.training import mix_training_data, retrain
 
 
 @pytest.fixture(scope="module")

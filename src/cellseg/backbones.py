@@ -42,7 +42,7 @@ class Backbone:
 
 def check_resnet50(config: Any) -> None:
     """:class:`InputError` unless the ResNet50 encoder can be cut at ``grid * 2**unet_n_depth`` (a
-    :class:`~cellseg.models.ModelConfig` or stardist ``Config2D``)."""
+    :class:`~cellseg.config.ModelConfig` or stardist ``Config2D``)."""
     grid, depth = tuple(int(g) for g in config.grid), int(config.unet_n_depth)
     if grid[0] != grid[1] or grid[0] * 2**depth > 32:
         raise InputError(f"backbone resnet50 needs a square grid and grid * 2**unet_n_depth <= 32, "

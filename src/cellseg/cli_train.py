@@ -66,7 +66,7 @@ def _report_training(result, out: Path) -> None:
 def _check_training_outputs(args: argparse.Namespace) -> None:
     """Check the model (--out, --overwrite) and --history locations before any data is read or trained on."""
     from cellseg import files as cfiles
-    from cellseg.models import check_model_target
+    from cellseg.bundle import check_model_target
 
     inputs = {"images folder": args.images, "masks folder": args.masks,
               "--mix-images folder": getattr(args, "mix_images", None),
@@ -79,7 +79,7 @@ def _check_training_outputs(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cellseg.models import ModelConfig
+    from cellseg.config import ModelConfig
     from cellseg.training import train
 
     _check_training_outputs(args)

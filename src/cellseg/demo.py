@@ -21,13 +21,14 @@ import numpy as np
 import pandas as pd
 
 from cellseg import metrics, simulate
+from cellseg.bundle import check_model_target
+from cellseg.config import ModelConfig, TrainConfig
 from cellseg.data import real_annotated
 from cellseg.images import write_image
-from cellseg.models import ModelConfig, check_model_target
 from cellseg.prediction import predict
 from cellseg.render import overlay
 from cellseg.simulate_folders import write_dataset
-from cellseg.training import TrainConfig, retrain, train
+from cellseg.training import retrain, train
 
 
 def demo_model_config() -> ModelConfig:

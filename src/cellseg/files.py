@@ -327,7 +327,7 @@ def atomic_folder(path: str | os.PathLike, what: str = "folder", replace: bool =
 
     `path` must not exist or be an empty folder; with `replace` it may be a folder, which is swapped for
     the new one and then deleted (callers decide first whether that folder may be replaced, e.g. with
-    :func:`check_output_folder` or :func:`cellseg.models.check_model_target`). On Linux the swap is one
+    :func:`check_output_folder` or :func:`cellseg.bundle.check_model_target`). On Linux the swap is one
     ``renameat2(RENAME_EXCHANGE)``, so that at no moment is there nothing at `path`; elsewhere two
     renames, undone on failure. On any error or interruption the temporary folder (and any parent
     folders made for it) is removed and `path` is left as it was.

@@ -24,18 +24,10 @@ from typing import Any
 import numpy as np
 
 from cellseg.backbones import model_class
-from cellseg.bundle import (  # noqa: F401  (format names re-exported for callers not yet moved)
-    BUNDLE_FILES,
+from cellseg.bundle import (
     BUNDLE_META,
     CONFIG_FILE,
     DEFAULT_THRESHOLDS,
-    MAX_COMPRESSION_RATIO,
-    MAX_JSON_BYTES,
-    MAX_UNPACKED_BYTES,
-    MAX_ZIP_ENTRIES,
-    MODEL_FOLDER_FILES,
-    PRETRAINED_DIR,
-    RATIO_FREE_BYTES,
     STARDIST_PRETRAINED,
     THRESHOLDS_FILE,
     WEIGHTS_FILE,
@@ -46,7 +38,6 @@ from cellseg.bundle import (  # noqa: F401  (format names re-exported for caller
     check_model_target,
     check_thresholds,
     json_bytes,
-    model_bundle_problem,
     open_bundle,
     pack_zip,
     pretrained_files,
@@ -55,7 +46,7 @@ from cellseg.bundle import (  # noqa: F401  (format names re-exported for caller
     stardist_pretrained_provenance,
     weights_name,
 )
-from cellseg.config import ModelConfig, strict_init  # noqa: F401  (re-exported for now)
+from cellseg.config import ModelConfig
 from cellseg.errors import InputError, ModelLoadError, require_bool, require_int, require_str
 
 
@@ -150,9 +141,6 @@ class CellsegModel:
         """Folder stardist writes checkpoints into while this model trains."""
         assert self._workdir is not None
         return self._workdir
-
-    def mark_changed(self) -> None:
-        """Does nothing (kept for callers not yet updated): :meth:`to_bytes` notices changes by itself."""
 
     def meta(self) -> BundleMeta:
         """The bundle metadata of this model now (sharing its ``provenance`` and ``geometry`` dicts)."""

@@ -49,7 +49,7 @@ from cellseg.trainingdata import (
 )
 
 __all__ = [
-    "ModelConfig", "TrainConfig", "TrainResult", "TrainingData", "TrainingCallback", "fit", "train", "retrain",
+    "TrainResult", "TrainingData", "TrainingCallback", "fit", "train", "retrain",
     "optimize_thresholds", "reinit_heads", "prepare_data", "split_validation", "mix_training_data", "augmenter",
 ]
 
@@ -199,14 +199,15 @@ def retrain(model: CellsegModel, images: Sequence[np.ndarray], masks: Sequence[n
             label_components: bool = False, mix_data: Pair | None = None) -> TrainResult:
     """Continue training a copy of ``model`` on new images (transfer learning; a wrapper of :func:`fit`).
 
-    The given model is left unchanged. ``train_config.learning_rate`` defaults to the model's own.
+    The given model is left unchanged. Without ``train_config`` the retraining budget is used
+    (:meth:`TrainConfig.retraining`, the same defaults as ``cellseg retrain`` and the Retrainer node).
     Strategies (see :class:`TrainConfig`): fine-tune all layers (default); ``freeze_encoder`` (always) or
     ``freeze_encoder_epochs`` (first K epochs); ``encoder_lr_factor`` (slower encoder); ``reinit_heads``;
     and ``mix_data`` = (images, masks) of the pretraining domain, mixed in at ``mix_fraction`` of the
     training patches. Provenance records what it came from. Other arguments as in :func:`train`.
     """
     check_model(model)
-    train_config = TrainConfig.of(train_config)
+    train_config = TrainConfig.retraining() if train_config is None else TrainConfig.of(train_config)
     data = _training_data(images, masks, names, validation, mix_data, label_components, data_description)
     callbacks = from_functions(progress, should_cancel)
     new = model.copy()

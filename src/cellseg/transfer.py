@@ -27,9 +27,10 @@ from cellseg import files as cfiles
 from cellseg import images as cimages
 from cellseg import metrics, simulate
 from cellseg.callbacks import EvaluateAtSteps
+from cellseg.config import ModelConfig, TrainConfig
 from cellseg.errors import InputError
-from cellseg.models import CellsegModel, ModelConfig, load_model
-from cellseg.training import TrainConfig, TrainingData, fit, train
+from cellseg.models import CellsegModel, load_model
+from cellseg.training import TrainingData, fit, train
 
 Dataset = tuple[list[np.ndarray], list[np.ndarray]]
 PRETRAIN_KINDS = ("dsb2018", "simmix", "highnoise")

@@ -9,11 +9,11 @@ from typing import Any
 import knime.extension as knext
 import numpy as np
 
+from cellseg.bundle import pretrained_names
 from cellseg.errors import InputError, ModelLoadError
 from cellseg.folders import list_images
 from cellseg.images import SUPPORTED_SUFFIXES, check_image, read_image
 from cellseg.masks import check_mask, read_mask
-from cellseg.models import pretrained_names
 from cellseg_knime import category, cells, icon
 from cellseg_knime import tables as kt
 from cellseg_knime.ports import (

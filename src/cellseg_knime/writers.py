@@ -7,9 +7,9 @@ from typing import Any
 
 import knime.extension as knext
 
+from cellseg.bundle import check_model_target
 from cellseg.errors import InputError
 from cellseg.files import write_bytes_atomic
-from cellseg.models import check_model_target
 from cellseg_knime import category, icon
 from cellseg_knime import tables as kt
 from cellseg_knime.ports import StarDistModelPortObject, StarDistModelSpec, model_port_type
