@@ -37,6 +37,30 @@ def untrained_tiny_model():
                                            patch_size=(32, 32), batch_size=2), seed=0, name="tiny")
 
 
+@pytest.fixture(scope="module")
+def tiny_copy(untrained_tiny_model):
+    """A private copy (per test module) of the untrained tiny model, for tests that change or save it."""
+    return untrained_tiny_model.copy()
+
+
+@pytest.fixture()
+def data(tmp_path):
+    """``tmp_path/data`` with images/ and masks/ (two simulated 64x64 pairs) and a user's own file beside
+    them (``README.txt``, which no command may touch)."""
+    import numpy as np
+
+    from cellseg.images import write_image
+    from cellseg.simulate import simulate_image
+
+    root = tmp_path / "data"
+    for k in range(2):
+        img, lab = simulate_image(64, seed=k)
+        write_image(root / "images" / f"im{k}.tif", img)
+        write_image(root / "masks" / f"im{k}.tif", lab.astype(np.uint16))
+    (root / "README.txt").write_text("my dataset, do not touch")
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_trained(easy_data, tiny_config):
     """A tiny model trained for 160 steps on easy simulated data (the TrainResult), trained once per run."""

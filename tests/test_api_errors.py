@@ -33,16 +33,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def tiny(untrained_tiny_model) -> CellsegModel:
-    """A private copy of the untrained tiny model (loading errors need no training)."""
-    return untrained_tiny_model.copy()
-
-
-@pytest.fixture(scope="module")
-def bundle(tiny, tmp_path_factory) -> Path:
+def bundle(tiny_copy, tmp_path_factory) -> Path:
     """The tiny model's bundle folder (config.json, thresholds.json, weights_best.h5, cellseg.json)."""
     path = tmp_path_factory.mktemp("bundle") / "m"
-    tiny.save(path)
+    tiny_copy.save(path)
     return path
 
 
@@ -406,20 +400,20 @@ API_CALLS = _api_calls()
 
 
 @pytest.mark.parametrize(("case", "call", "pattern"), API_CALLS, ids=[c[0] for c in API_CALLS])
-def test_api_wrong_argument_is_named(case, call, pattern, tiny):
+def test_api_wrong_argument_is_named(case, call, pattern, tiny_copy):
     image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
     with pytest.raises(CellsegError, match=pattern) as err:
-        call(tiny, image)
+        call(tiny_copy, image)
     assert isinstance(err.value, (InputError, ModelLoadError))
     _one_line(err)
 
 
-def test_int_grid_and_n_tiles_mean_both_axes(tiny):
+def test_int_grid_and_n_tiles_mean_both_axes(tiny_copy):
     from cellseg.prediction import predict
 
     assert ModelConfig(grid=2).grid == (2, 2) and ModelConfig(patch_size=64).patch_size == (64, 64)
     image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
-    assert np.array_equal(predict(tiny, image, n_tiles=2)[0], predict(tiny, image, n_tiles=(2, 2))[0])
+    assert np.array_equal(predict(tiny_copy, image, n_tiles=2)[0], predict(tiny_copy, image, n_tiles=(2, 2))[0])
 
 
 # -- Z stacks in (tiled) prediction ----------------------------------------------------------------
@@ -440,29 +434,29 @@ def test_z_stack_is_a_clear_error_in_every_prediction_path(tiled, bundle, tmp_pa
     assert not (tmp_path / "pred").exists()
 
 
-def test_z_stack_in_predict_large_and_its_header_check(tiny, tmp_path):
+def test_z_stack_in_predict_large_and_its_header_check(tiny_copy, tmp_path):
     from cellseg import streaming
     from cellseg.tile_source import image_size
 
     path = tmp_path / "stack.tif"
     tifffile.imwrite(path, np.zeros((5, 96, 96), np.uint8), metadata={"axes": "ZYX"})
     with pytest.raises(InputError, match=r"stack\.tif: a Z stack of 5 slices \(axes ZYX, shape 5x96x96\)"):
-        streaming.predict_large(tiny, path, tmp_path / "labels.tif")
+        streaming.predict_large(tiny_copy, path, tmp_path / "labels.tif")
     with pytest.raises(InputError, match=r"a Z stack of 5 slices"):
         image_size(path)
     unlabelled = tmp_path / "pages.tif"
     tifffile.imwrite(unlabelled, np.zeros((7, 96, 96), np.uint8))
     with pytest.raises(InputError, match=r"pages\.tif: a stack of 7 pages"):
-        streaming.predict_large(tiny, unlabelled)
+        streaming.predict_large(tiny_copy, unlabelled)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pages.tif", "stack.tif"]
 
 
-def test_bool_image_streams(tiny):
+def test_bool_image_streams(tiny_copy):
     from cellseg import streaming
 
     image = np.zeros((64, 64), bool)
     image[20:40, 20:40] = True
-    labels, _ = streaming.predict_large(tiny, image)
+    labels, _ = streaming.predict_large(tiny_copy, image)
     assert labels.shape == (64, 64)
 
 

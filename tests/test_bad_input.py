@@ -74,17 +74,6 @@ def private_tmp(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture()
-def data(tmp_path) -> Path:
-    """tmp_path/data with images/ and masks/ (two 64x64 pairs)."""
-    root = tmp_path / "data"
-    for k in range(2):
-        img, lab = simulate.simulate_image(64, seed=k)
-        write_image(root / "images" / f"im{k}.tif", img)
-        write_image(root / "masks" / f"im{k}.tif", lab.astype(np.uint16))
-    return root
-
-
-@pytest.fixture()
 def read_only(tmp_path):
     """A folder this process cannot write to (chmod for users; root needs the immutable attribute), or skip."""
     ro = tmp_path / "ro"

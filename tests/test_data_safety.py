@@ -24,37 +24,17 @@ from cellseg.errors import InputError
 from cellseg.folders import load_pairs
 from cellseg.images import read_image, write_image
 from cellseg.masks import check_mask
-from cellseg.models import CellsegModel, load_model
+from cellseg.models import load_model
 from cli_helpers import TINY_ARCH, one_line_error, snapshot
 
 TINY = ["--epochs", "1", "--steps-per-epoch", "2", "--patch-size", "32", "--no-optimize-thresholds"]
 
 
 @pytest.fixture(scope="module")
-def tiny_model(untrained_tiny_model) -> CellsegModel:
-    """A private copy of the untrained tiny model (no training needed to test where it is written)."""
-    return untrained_tiny_model.copy()
-
-
-@pytest.fixture(scope="module")
-def model_zip(tiny_model, tmp_path_factory) -> Path:
+def model_zip(tiny_copy, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny.zip"
-    tiny_model.save(path)
+    tiny_copy.save(path)
     return path
-
-
-@pytest.fixture()
-def data(tmp_path) -> Path:
-    """tmp_path/data with images/ and masks/ (two 64x64 pairs) and a user's file beside them."""
-    from cellseg import simulate
-
-    root = tmp_path / "data"
-    for k in range(2):
-        img, lab = simulate.simulate_image(64, seed=k)
-        write_image(root / "images" / f"im{k}.tif", img)
-        write_image(root / "masks" / f"im{k}.tif", lab.astype(np.uint16))
-    (root / "README.txt").write_text("my dataset, do not touch")
-    return root
 
 
 @pytest.fixture()
@@ -117,27 +97,27 @@ def test_train_and_retrain_never_replace_a_non_model(command, overwrite, tmp_pat
     assert not (tmp_path / ".notes.txt.old").exists()
 
 
-def test_save_never_replaces_a_non_model(tmp_path, data, tiny_model):
+def test_save_never_replaces_a_non_model(tmp_path, data, tiny_copy):
     targets = _bystander_targets(tmp_path, data)
     before = snapshot(tmp_path)
     for kind, target in targets.items():
         for overwrite in (False, True):
             with pytest.raises(InputError) as info:
-                tiny_model.save(target, overwrite=overwrite)
+                tiny_copy.save(target, overwrite=overwrite)
             assert str(target) in str(info.value) and "\n" not in str(info.value), kind
     with pytest.raises(InputError, match="is a file, not a folder"):
-        tiny_model.save(tmp_path / "notes.txt" / "model")
+        tiny_copy.save(tmp_path / "notes.txt" / "model")
     assert snapshot(tmp_path) == before
     assert {p.name for p in tmp_path.iterdir()} == {"data", *(t.name for t in targets.values() if t.parent == tmp_path)}
 
 
-def test_save_replaces_a_model_only_with_overwrite(tmp_path, tiny_model):
+def test_save_replaces_a_model_only_with_overwrite(tmp_path, tiny_copy):
     for name in ("m", "m.zip"):
         target = tmp_path / name
-        assert tiny_model.save(target) == target
+        assert tiny_copy.save(target) == target
         before = snapshot(tmp_path)
         with pytest.raises(InputError, match="already holds a model.*--overwrite"):
-            tiny_model.save(target)
+            tiny_copy.save(target)
         assert snapshot(tmp_path) == before
         copy = load_model(target)
         copy.thresholds = {"prob": 0.3, "nms": 0.2}
@@ -146,13 +126,13 @@ def test_save_replaces_a_model_only_with_overwrite(tmp_path, tiny_model):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "m.zip"]  # no temporary or .old left
     # an empty folder holds nothing to lose: accepted without overwrite
     (tmp_path / "empty").mkdir()
-    tiny_model.save(tmp_path / "empty")
+    tiny_copy.save(tmp_path / "empty")
     assert (tmp_path / "empty" / "config.json").is_file()
 
 
-def test_failed_replacement_keeps_the_old_model(tmp_path, tiny_model, monkeypatch):
+def test_failed_replacement_keeps_the_old_model(tmp_path, tiny_copy, monkeypatch):
     target = tmp_path / "m"
-    tiny_model.save(target)
+    tiny_copy.save(target)
     before = snapshot(tmp_path)
 
     def broken(folder):
@@ -167,10 +147,10 @@ def test_failed_replacement_keeps_the_old_model(tmp_path, tiny_model, monkeypatc
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
 
 
-def test_replacement_without_atomic_exchange_restores_on_failure(tmp_path, tiny_model, monkeypatch):
+def test_replacement_without_atomic_exchange_restores_on_failure(tmp_path, tiny_copy, monkeypatch):
     """Where the OS cannot swap two folders in one step, the old model is moved back if the new one fails."""
     target = tmp_path / "m"
-    tiny_model.save(target)
+    tiny_copy.save(target)
     before = snapshot(tmp_path)
     monkeypatch.setattr(cfiles, "_exchange", lambda a, b: False)
     real_rename = os.rename
@@ -182,18 +162,18 @@ def test_replacement_without_atomic_exchange_restores_on_failure(tmp_path, tiny_
 
     monkeypatch.setattr(os, "rename", rename)
     with pytest.raises(InputError, match="cannot write model"):
-        tiny_model.save(target, overwrite=True)
+        tiny_copy.save(target, overwrite=True)
     assert snapshot(tmp_path) == before and [p.name for p in tmp_path.iterdir()] == ["m"]
     monkeypatch.setattr(os, "rename", real_rename)
-    tiny_model.save(target, overwrite=True)  # and the fallback path works
+    tiny_copy.save(target, overwrite=True)  # and the fallback path works
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
 
 
-def test_replacing_a_model_never_leaves_the_path_empty(tmp_path, tiny_model):
+def test_replacing_a_model_never_leaves_the_path_empty(tmp_path, tiny_copy):
     if cfiles._renameat2() is None:
         pytest.skip("no renameat2 here: the two-rename fallback has a short gap")
     target = tmp_path / "m"
-    tiny_model.save(target)
+    tiny_copy.save(target)
     stop, missing = threading.Event(), []
 
     def watch():
@@ -205,7 +185,7 @@ def test_replacing_a_model_never_leaves_the_path_empty(tmp_path, tiny_model):
     watcher.start()
     try:
         for _ in range(5):
-            tiny_model.save(target, overwrite=True)
+            tiny_copy.save(target, overwrite=True)
     finally:
         stop.set()
         watcher.join()
@@ -213,11 +193,11 @@ def test_replacing_a_model_never_leaves_the_path_empty(tmp_path, tiny_model):
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
 
 
-def test_check_model_target(tmp_path, tiny_model):
+def test_check_model_target(tmp_path, tiny_copy):
     assert check_model_target(tmp_path / "new" / "model") == tmp_path / "new" / "model"
     assert not (tmp_path / "new").exists()  # the check creates nothing
     assert check_model_target(str(tmp_path / "m.zip")) == tmp_path / "m.zip"
-    tiny_model.save(tmp_path / "m")
+    tiny_copy.save(tmp_path / "m")
     with pytest.raises(InputError, match="already holds a model"):
         check_model_target(tmp_path / "m")
     assert check_model_target(tmp_path / "m", overwrite=True) == tmp_path / "m"
@@ -237,9 +217,9 @@ def test_check_model_target(tmp_path, tiny_model):
         check_model_target(tmp_path / "link", overwrite=True)
 
 
-def test_train_overwrite_replaces_a_model_in_place(tmp_path, data, tiny_model, capsys):
+def test_train_overwrite_replaces_a_model_in_place(tmp_path, data, tiny_copy, capsys):
     out = tmp_path / "model"
-    tiny_model.save(out)
+    tiny_copy.save(out)
     before = snapshot(tmp_path)
     args = ["-q", "train", "--images", str(data / "images"), "--masks", str(data / "masks"), "--out", str(out),
             *TINY_ARCH, *TINY]

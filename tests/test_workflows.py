@@ -511,12 +511,16 @@ def _model_reader(model: Path, name: str = "StarDist Model Reader") -> list[str]
     return [f"{name}.source=FILE", f"{name}.path={model}"]
 
 
+def _image_readers(d: Path, train: str) -> list[str]:
+    """Overrides pointing the Image Reader named ``train`` and the one named 'test images' at the test data."""
+    return [f"{train}.path={d / 'train/images'}", f"{train}.mask_folder={d / 'train/masks'}",
+            f"test images.path={d / 'test/images'}", f"test images.mask_folder={d / 'test/masks'}"]
+
+
 def test_retrain_headline(trained: tuple[wf.RunResult, Path], data: dict[str, Path], tmp_path: Path) -> None:
     _, model = trained
     d = data["root"]
-    result = _run("retrain_stardist", tmp_path / "out", _model_reader(model) + [
-        f"training images.path={d / 'train/images'}", f"training images.mask_folder={d / 'train/masks'}",
-        f"test images.path={d / 'test/images'}", f"test images.mask_folder={d / 'test/masks'}",
+    result = _run("retrain_stardist", tmp_path / "out", _model_reader(model) + _image_readers(d, "training images") + [
         *[f"StarDist Retrainer.{o}" for o in TINY_TRAINING]])
     (scorer,) = result.node_ids("StarDist Scorer")
     summary = _check_scores(result, scorer, ("before", "after"))  # one table: rows before and after retraining
@@ -546,10 +550,8 @@ def test_segment_large_image(trained: tuple[wf.RunResult, Path], data: dict[str,
 def test_transfer_learning_eval(trained: tuple[wf.RunResult, Path], data: dict[str, Path], tmp_path: Path) -> None:
     _, model = trained
     d = data["root"]
-    result = _run("transfer_learning_eval", tmp_path / "out", _model_reader(model) + [
-        f"n training images.path={d / 'train/images'}", f"n training images.mask_folder={d / 'train/masks'}",
-        f"test images.path={d / 'test/images'}", f"test images.mask_folder={d / 'test/masks'}",
-        *[f"StarDist Retrainer.{o}" for o in TINY_TRAINING], *[f"StarDist Learner.{o}" for o in TINY_TRAINING],
+    result = _run("transfer_learning_eval", tmp_path / "out", _model_reader(model) + _image_readers(
+        d, "n training images") + [*[f"StarDist Retrainer.{o}" for o in TINY_TRAINING], *[f"StarDist Learner.{o}" for o in TINY_TRAINING],
         "StarDist Learner.architecture.unet_n_depth=2", "StarDist Learner.architecture.unet_n_filter_base=8"])
     (scorer,) = result.node_ids("StarDist Scorer")
     _check_scores(result, scorer, ("pretrained", "retrained", "scratch"))

@@ -11,9 +11,7 @@ import functools
 import importlib
 import json
 import os
-import signal
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -24,15 +22,13 @@ from cellseg.cliutil import (
     SEED,
     ArgumentParser,
     ProgressBar,
-    Terminated,
     _pair,
     _quiet_tensorflow,
-    _raise_terminated,
     float_arg,
     int_arg,
-    show_input_warnings,
+    run_command,
 )
-from cellseg.errors import CancelledError, CellsegError
+from cellseg.errors import CellsegError
 
 # Modules that add their own subcommands with ``register_cli(subparsers)``.
 CLI_EXTENSIONS = ("cellseg.demo", "cellseg.transfer")
@@ -298,25 +294,5 @@ def _delegate(module: str, command: str, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     _quiet_tensorflow()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
-    try:
-        with show_input_warnings():
-            return int(args.func(args) or 0)
-    except CancelledError as err:
-        print(f"cellseg: cancelled: {err}", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("cellseg: terminated; outputs left as they were", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print("cellseg: interrupted", file=sys.stderr)
-        return 130
-    except CellsegError as err:
-        print(f"cellseg: error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+    args = build_parser().parse_args(argv)
+    return run_command("cellseg", args.func, args)

@@ -191,3 +191,35 @@ class Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated(f"signal {signum}")
+
+
+def run_command(prog: str, func: Callable[[Any], int | None], args: Any,
+                terminated: str = "outputs left as they were") -> int:
+    """Run a parsed subcommand with the exit contract of every cellseg command: user errors print one line
+    ``<prog>: error: ...`` and return 2, cancel/Ctrl-C 130, SIGTERM (raised as :class:`Terminated`, so that
+    temporary files are cleaned up as on Ctrl-C) 143; data warnings are shown once each."""
+    import signal
+    import threading
+
+    from cellseg.errors import CancelledError, CellsegError
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+    try:
+        with show_input_warnings(prog):
+            return int(func(args) or 0)
+    except CancelledError as err:
+        print(f"{prog}: cancelled: {err}", file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"{prog}: terminated; {terminated}", file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except CellsegError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

@@ -70,11 +70,7 @@ class ModelConfig:
 
         if self.backbone not in backbone_names():
             raise InputError(f"backbone={self.backbone!r} is unknown; choose one of {backbone_names()}")
-        div = self.divisor
-        if any(p < div or p % div for p in self.patch_size):
-            raise InputError(
-                f"patch_size={self.patch_size} must be a multiple of {div} per axis (grid x 2**unet_n_depth)"
-            )
+        check_patch_size(self.patch_size, self.divisor)
         spec = backbone_spec(self.backbone)
         unknown = sorted(set(self.backbone_options) - set(spec.options))
         if unknown:
@@ -174,6 +170,15 @@ class ModelConfig:
                              f"{type(config).__name__}")
         config.validate()
         return config
+
+
+def check_patch_size(patch_size: Any, div: int) -> tuple[int, int]:
+    """``patch_size`` as a pair, or :class:`InputError` unless both sides are multiples of ``div`` (the
+    network's divisor, ``grid * 2**unet_n_depth``): the one check of training patch sizes."""
+    patch = require_pair(patch_size, "patch_size", lo=1)
+    if any(p < div or p % div for p in patch):
+        raise InputError(f"patch_size={patch} must be a multiple of {div} per axis (grid x 2**unet_n_depth)")
+    return patch
 
 
 def divisor(grid: Any, unet_n_depth: int) -> int:

@@ -34,7 +34,7 @@ from cellseg.callbacks import (
     check_callbacks,
     from_functions,
 )
-from cellseg.config import ModelConfig, TrainConfig
+from cellseg.config import ModelConfig, TrainConfig, check_patch_size
 from cellseg.errors import InputError, require_int
 from cellseg.models import CellsegModel, set_seed
 from cellseg.prediction import check_model
@@ -88,9 +88,7 @@ def fit(model: CellsegModel, data: TrainingData, config: TrainConfig | dict[str,
     if kind not in ("train", "retrain"):
         raise InputError(f"kind={kind!r} must be 'train' or 'retrain'")
     mc = model.config
-    patch_size = tuple(cfg.patch_size or mc.patch_size)
-    if any(p % mc.divisor or p < mc.divisor for p in patch_size):
-        raise InputError(f"patch_size={patch_size} must be multiples of {mc.divisor} (grid x 2**unet_n_depth)")
+    patch_size = check_patch_size(cfg.patch_size or mc.patch_size, mc.divisor)
     prepared = prepare_training(data, mc, cfg, patch_size)
 
     from cellseg import keras_glue

@@ -12,7 +12,7 @@ ensure_knime_extension()  # a no-op inside KNIME (the real package wins); the of
 
 import knime.extension as knext  # noqa: E402
 
-__all__ = ["category", "icon"]
+__all__ = ["category", "icon", "node"]
 
 
 def icon(name: str) -> str:
@@ -28,3 +28,9 @@ category = knext.category(
     "images, train and retrain models (transfer learning), predict, tile large images and score results.",
     icon=icon("category"),
 )
+
+
+def node(name: str, node_type: knext.NodeType, node_id: str) -> object:
+    """``@knext.node`` for a cellseg node: its icon is ``icons/<node_id>.png`` and it sits in the cellseg
+    category (the node id is also the key of its saved settings: never change it)."""
+    return knext.node(name=name, node_type=node_type, icon_path=icon(node_id), category=category, id=node_id)

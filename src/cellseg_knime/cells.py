@@ -187,10 +187,7 @@ def read_cell(value: Any, row_id: str, column: str, ctx: Any = None, labels: boo
 def read_image(value: Any, row_id: str, column: str, ctx: Any = None) -> np.ndarray:
     """A checked image (numeric YX/YXC, finite)."""
     img = read_cell(value, row_id, column, ctx)
-    try:
-        return cimages.check_image(img, _where(row_id, column))
-    except InputError as err:
-        raise ValueError(str(err)) from err
+    return cimages.check_image(img, _where(row_id, column))  # an InputError (a ValueError) names row and column
 
 
 def read_labels(value: Any, row_id: str, column: str, shape: tuple[int, ...] | None = None,

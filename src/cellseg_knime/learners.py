@@ -8,9 +8,9 @@ import knime.extension as knext
 import numpy as np
 import pandas as pd
 
-from cellseg.config import RETRAIN_DEFAULTS, STRATEGY_DEFAULTS, ModelConfig, TrainConfig
-from cellseg.errors import CancelledError
-from cellseg_knime import category, cells, icon
+from cellseg.config import RETRAIN_DEFAULTS, STRATEGY_DEFAULTS, ModelConfig, TrainConfig, check_patch_size
+from cellseg.errors import CancelledError, InputError
+from cellseg_knime import cells, node
 from cellseg_knime import tables as kt
 from cellseg_knime.params import config_from, param
 from cellseg_knime.ports import StarDistModelPortObject, StarDistModelSpec, model_port_type, summary_from_meta
@@ -189,13 +189,7 @@ _IMAGE_PORT_DOC = ("Table with an image column and an instance label column (0 =
 # -- StarDist Learner ----------------------------------------------------------------------------
 
 
-@knext.node(
-    name="StarDist Learner",
-    node_type=knext.NodeType.LEARNER,
-    icon_path=icon("learner"),
-    category=category,
-    id="learner",
-)
+@node("StarDist Learner", knext.NodeType.LEARNER, "learner")
 @knext.input_table("Training data", _IMAGE_PORT_DOC)
 @knext.output_port("StarDist model", "The trained model (with optimised thresholds and provenance).",
                    model_port_type)
@@ -308,13 +302,7 @@ class RetrainingSettings:
     seed = param(TrainConfig, "seed")
 
 
-@knext.node(
-    name="StarDist Retrainer",
-    node_type=knext.NodeType.LEARNER,
-    icon_path=icon("retrainer"),
-    category=category,
-    id="retrainer",
-)
+@node("StarDist Retrainer", knext.NodeType.LEARNER, "retrainer")
 @knext.input_port("StarDist model", "The (pretrained) model to start from; it is not changed.", model_port_type)
 @knext.input_table("Training data", _IMAGE_PORT_DOC)
 @knext.output_port("StarDist model", "The retrained model; its provenance records what it came from.",
@@ -352,10 +340,11 @@ class StarDistRetrainer:
         return extra
 
     def _check(self, spec: StarDistModelSpec) -> None:
-        p = self.training.patch_size
-        if p and p % spec.divisor:
-            raise knext.InvalidParametersError(
-                f"Patch size {p} must be a multiple of {spec.divisor} (the model's grid x 2^depth)")
+        if self.training.patch_size:
+            try:
+                check_patch_size(self.training.patch_size, spec.divisor)
+            except InputError as err:
+                raise knext.InvalidParametersError(str(err)) from err
 
     def configure(self, config_context: knext.ConfigurationContext, model_spec: StarDistModelSpec,
                   table_schema: knext.Schema) -> Any:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from cellseg.errors import CancelledError, InputError
-from cellseg_knime import category, cells, icon
+from cellseg_knime import cells, node
 from cellseg_knime import tables as kt
 from cellseg_knime.outputs import CellSink, ImageOutputSettings, image_name, output_kind, output_ktype
 from cellseg_knime.ports import StarDistModelPortObject, StarDistModelSpec, model_port_type
@@ -98,13 +98,7 @@ class PredictorAdvanced:
                                  "network to save memory (1 = off).", 1, min_value=1, max_value=64)
 
 
-@knext.node(
-    name="StarDist Predictor",
-    node_type=knext.NodeType.PREDICTOR,
-    icon_path=icon("predictor"),
-    category=category,
-    id="predictor",
-)
+@node("StarDist Predictor", knext.NodeType.PREDICTOR, "predictor")
 @knext.input_port("StarDist model", "A trained StarDist model.", model_port_type)
 @knext.input_table("Images", "Table with an image column: PNG image cells, Path cells or string file paths "
                    "(large-image mode: Path or string).")
@@ -248,18 +242,12 @@ class StarDistPredictor:
         images = []
         for rid, cell in zip(chunk.index, chunk[col]):
             img = cells.read_image(cell, str(rid), col, ctx)
-            try:
-                prediction.check_input(model, img, f"Row '{rid}'")
-            except InputError as err:
-                raise ValueError(str(err)) from err
+            prediction.check_input(model, img, f"Row '{rid}'")  # an InputError (a ValueError) naming the row
             images.append(img)
         n_tiles = self.advanced.n_tiles if self.advanced.n_tiles > 1 else None
-        try:
-            predicted = prediction.predict_batch(
-                model, images, prob_thresh=prob, nms_thresh=nms, names=[f"Row '{rid}'" for rid in chunk.index],
-                network_batch=self.advanced.batch_size, n_tiles=n_tiles)
-        except InputError as err:
-            raise ValueError(str(err)) from err
+        predicted = prediction.predict_batch(  # an InputError (a ValueError) names the row
+            model, images, prob_thresh=prob, nms_thresh=nms, names=[f"Row '{rid}'" for rid in chunk.index],
+            network_batch=self.advanced.batch_size, n_tiles=n_tiles)
         results = []
         for rid, cell, img, (labels, objects) in zip(chunk.index, chunk[col], images, predicted):
             row: tuple[Any, ...] = (sink.labels(labels, str(rid), image_name(cell, str(rid))), objects)

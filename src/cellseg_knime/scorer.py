@@ -8,9 +8,8 @@ import knime.extension as knext
 import numpy as np
 import pandas as pd
 
-from cellseg.errors import InputError
 from cellseg.metrics import COLUMNS, IOU_THRESHOLDS
-from cellseg_knime import category, cells, icon
+from cellseg_knime import cells, node
 from cellseg_knime import tables as kt
 from cellseg_knime.views import scores_view
 
@@ -56,13 +55,7 @@ def summary_schema() -> knext.Schema:
     return knext.Schema.from_columns(summary_columns())
 
 
-@knext.node(
-    name="StarDist Scorer",
-    node_type=knext.NodeType.OTHER,
-    icon_path=icon("scorer"),
-    category=category,
-    id="scorer",
-)
+@node("StarDist Scorer", knext.NodeType.OTHER, "scorer")
 @knext.input_table("Label images", "Table with a ground-truth and a predicted label image column (PNG image "
                    "cells, Path cells or string paths), e.g. the StarDist Predictor's output on a table with ground "
                    "truth.")
@@ -133,10 +126,7 @@ class StarDistScorer:
                 gt = cells.read_labels(columns[truth][i], str(rid), truth, ctx=exec_context)
                 for p in preds:
                     pr = cells.read_labels(columns[p][i], str(rid), p, gt.shape, ctx=exec_context)
-                    try:
-                        s = score_image(gt, pr, thresholds, name=f"Row '{rid}'")
-                    except InputError as err:
-                        raise ValueError(str(err)) from err
+                    s = score_image(gt, pr, thresholds, name=f"Row '{rid}'")  # InputError names the row
                     scores[p].append(s)
                     s = s.copy()
                     s.insert(0, "source_row_id", str(rid))

@@ -14,7 +14,7 @@ from cellseg.errors import InputError, ModelLoadError
 from cellseg.folders import list_images
 from cellseg.images import SUPPORTED_SUFFIXES, check_image, read_image
 from cellseg.masks import check_mask, read_mask
-from cellseg_knime import category, cells, icon
+from cellseg_knime import cells, node
 from cellseg_knime import tables as kt
 from cellseg_knime.ports import (
     StarDistModelPortObject,
@@ -35,13 +35,7 @@ class SimPreset(knext.EnumParameterOptions):
     MIXED = ("Mixed", "Each image draws one of the four presets.")
 
 
-@knext.node(
-    name="Nuclei Simulator",
-    node_type=knext.NodeType.SOURCE,
-    icon_path=icon("nuclei_simulator"),
-    category=category,
-    id="nuclei_simulator",
-)
+@node("Nuclei Simulator", knext.NodeType.SOURCE, "nuclei_simulator")
 @knext.output_table(
     "Simulated images",
     "One row per image: name, image (16-bit PNG image cell), ground-truth instance labels (16-bit PNG image "
@@ -121,13 +115,7 @@ def _glob_images(pattern: str) -> list[Path]:
                   and not p.name.startswith("."))
 
 
-@knext.node(
-    name="Image Reader",
-    node_type=knext.NodeType.SOURCE,
-    icon_path=icon("image_reader"),
-    category=category,
-    id="image_reader",
-)
+@node("Image Reader", knext.NodeType.SOURCE, "image_reader")
 @knext.output_table(
     "Images",
     "One row per image file (sorted by name): name, path (Path cell), the image as a PNG image cell (or only "
@@ -262,13 +250,7 @@ class ModelSource(knext.EnumParameterOptions):
 _PRETRAINED = pretrained_names()
 
 
-@knext.node(
-    name="StarDist Model Reader",
-    node_type=knext.NodeType.SOURCE,
-    icon_path=icon("model_reader"),
-    category=category,
-    id="model_reader",
-)
+@node("StarDist Model Reader", knext.NodeType.SOURCE, "model_reader")
 @knext.output_port("StarDist model", "The loaded StarDist model.", model_port_type)
 class ModelReader:
     """Reads a StarDist model: a model folder or zip, or a pretrained model by name.

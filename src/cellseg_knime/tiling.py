@@ -13,7 +13,7 @@ import knime.extension as knext
 import numpy as np
 
 from cellseg.errors import InputError
-from cellseg_knime import category, cells, icon
+from cellseg_knime import cells, node
 from cellseg_knime import tables as kt
 from cellseg_knime.outputs import CellSink, ImageOutputSettings, image_name, output_kind, output_ktype
 
@@ -39,13 +39,7 @@ def merger_columns(kind: str) -> list[Any]:
     ]
 
 
-@knext.node(
-    name="Image Tiler",
-    node_type=knext.NodeType.MANIPULATOR,
-    icon_path=icon("image_tiler"),
-    category=category,
-    id="image_tiler",
-)
+@node("Image Tiler", knext.NodeType.MANIPULATOR, "image_tiler")
 @knext.input_table("Images", "Table with an image column (PNG image cells, Path cells or string file paths).")
 @knext.output_table(
     "Tiles",
@@ -112,13 +106,7 @@ class ImageTiler:
             return out.table()
 
 
-@knext.node(
-    name="Tile Merger",
-    node_type=knext.NodeType.MANIPULATOR,
-    icon_path=icon("tile_merger"),
-    category=category,
-    id="tile_merger",
-)
+@node("Tile Merger", knext.NodeType.MANIPULATOR, "tile_merger")
 @knext.input_table(
     "Tiles", "Per-tile label images with the Image Tiler's geometry columns (source_row_id, tile_index, n_tiles, "
     "y0, x0, y1, x1, core_*, image_height, image_width), in any order.")

@@ -10,18 +10,12 @@ import knime.extension as knext
 from cellseg.bundle import check_model_target
 from cellseg.errors import InputError
 from cellseg.files import write_bytes_atomic
-from cellseg_knime import category, icon
+from cellseg_knime import node
 from cellseg_knime import tables as kt
 from cellseg_knime.ports import StarDistModelPortObject, StarDistModelSpec, model_port_type
 
 
-@knext.node(
-    name="StarDist Model Writer",
-    node_type=knext.NodeType.SINK,
-    icon_path=icon("model_writer"),
-    category=category,
-    id="model_writer",
-)
+@node("StarDist Model Writer", knext.NodeType.SINK, "model_writer")
 @knext.input_port("StarDist model", "The model to write.", model_port_type)
 class ModelWriter:
     """Writes a StarDist model to a folder or a .zip file.
@@ -63,8 +57,6 @@ class ModelWriter:
                 write_bytes_atomic(path, model.data)  # the port's bundle bytes, unchanged
             else:
                 model.model.save(path, overwrite=self.overwrite)
-        except InputError as err:
-            raise ValueError(str(err)) from err
         except OSError as err:
             raise ValueError(f"cannot write the model to '{path}': {err.strerror or err}") from err
         exec_context.set_progress(1.0, f"wrote {path}")

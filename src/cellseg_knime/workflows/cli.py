@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-from cellseg.errors import CancelledError, CellsegError
 
 from .extension import Extension, default_extension_root, load_extension
 from .generator import load_definitions, make_workflows
@@ -115,32 +111,12 @@ def run(argv: Sequence[str], prog: str | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``cellseg-knime`` command: errors print one line (``cellseg-knime: error: ...``) and return 2;
     SIGTERM is handled like Ctrl-C (temporary folders removed, status 143)."""
-    from cellseg.cliutil import Terminated, _quiet_tensorflow, _raise_terminated, show_input_warnings
+    from cellseg.cliutil import _quiet_tensorflow, run_command
 
     _quiet_tensorflow()
     parser = build_parser("cellseg-knime")
     args = parser.parse_args(argv)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
-    try:
-        with show_input_warnings(parser.prog):
-            return int(args.func(args) or 0)
-    except CancelledError as err:
-        print(f"{parser.prog}: cancelled: {err}", file=sys.stderr)
-        return 130
-    except Terminated:
-        print(f"{parser.prog}: terminated; temporary files removed", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return 130
-    except CellsegError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-
+    return run_command(parser.prog, args.func, args, terminated="temporary files removed")
 
 if __name__ == "__main__":
     sys.exit(main())
