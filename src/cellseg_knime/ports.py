@@ -18,6 +18,8 @@ from cellseg.bundle import DEFAULT_THRESHOLDS, BundleMeta, pretrained_meta
 from cellseg.config import ModelConfig, divisor
 from cellseg.errors import InputError
 
+#: A spec without a field (an older or foreign summary) reads the declared default (cellseg.config).
+_DEFAULT = ModelConfig()
 
 class StarDistModelSpec(knext.PortObjectSpec):
     """Spec of the model port: the model summary (a JSON-able dict)."""
@@ -31,22 +33,22 @@ class StarDistModelSpec(knext.PortObjectSpec):
 
     @property
     def n_channel_in(self) -> int:
-        return int(self._summary.get("n_channel_in", 1))
+        return int(self._summary.get("n_channel_in", _DEFAULT.n_channel_in))
 
     @property
     def backbone(self) -> str:
-        return str(self._summary.get("backbone", "unet"))
+        return str(self._summary.get("backbone", _DEFAULT.backbone))
 
     @property
     def n_rays(self) -> int:
-        return int(self._summary.get("n_rays", 32))
+        return int(self._summary.get("n_rays", _DEFAULT.n_rays))
 
     @property
     def divisor(self) -> int:
         """Image sides the network accepts are multiples of this (grid x 2**depth)."""
         if "divisor" in self._summary:
             return int(self._summary["divisor"])
-        return divisor(self._summary.get("grid", [2, 2]), self._summary.get("unet_n_depth", 3))
+        return divisor(self._summary.get("grid", _DEFAULT.grid), self._summary.get("unet_n_depth", _DEFAULT.unet_n_depth))
 
     @property
     def thresholds(self) -> dict[str, float]:
