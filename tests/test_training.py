@@ -156,3 +156,39 @@ def test_fit_arguments(untrained_tiny_model, easy_data):
         TrainingData(images[:1], masks[:1], mix_data=images[:1])
     with pytest.raises(InputError, match="progress=3 must be a function"):
         retrain(model, images[:1], masks[:1], progress=3)
+
+
+def test_time_budget_ends_training_as_done_with_the_best_weights(easy_data, tiny_config):
+    (images, masks), _ = easy_data
+    result = train(images[:3], masks[:3], tiny_config, TrainConfig(epochs=50, steps_per_epoch=10, minutes=1e-4))
+    assert 1 <= result.steps < 500 and not result.cancelled  # a finished run, not a cancelled one
+    assert result.stop_reason.startswith("time budget of") and "spent" in result.stop_reason
+    record = result.model.provenance["trainings"][-1]
+    assert record["stop_reason"] == result.stop_reason and record["cancelled"] is False
+    assert result.model.thresholds != {"prob": 0.5, "nms": 0.4}  # thresholds optimised as after a full run
+
+
+def test_early_stopping_counts_epochs_without_improvement():
+    from cellseg.callbacks import EarlyStopping
+
+    stop = EarlyStopping(2)
+    for epoch, val in enumerate([1.0, 0.8, 0.9, 0.85], start=1):
+        stop.on_epoch_end(epoch, epoch * 10, {"val_loss": val})
+        assert stop.should_stop() is (epoch == 4), epoch
+    stop.on_epoch_end(5, 50, {"val_loss": 0.5})  # an improvement resets the count
+    assert not stop.should_stop() and stop.finishes and "2 epoch" in stop.stop_reason
+
+
+def test_early_stopping_in_fit(easy_data, tiny_config):
+    (images, masks), _ = easy_data
+    config = TrainConfig(epochs=30, steps_per_epoch=2, patience=1, learning_rate=0.5, optimize_thresholds=False)
+    result = train(images[:3], masks[:3], tiny_config, config)
+    assert not result.cancelled
+    if result.steps < 60:  # stopped early: said why, at an epoch end
+        assert result.stop_reason.startswith("validation loss did not improve") and result.steps % 2 == 0
+    else:
+        assert result.stop_reason == "all steps done"
+    with pytest.raises(InputError, match="minutes=0"):
+        TrainConfig(minutes=0)
+    with pytest.raises(InputError, match="patience=0"):
+        TrainConfig(patience=0)

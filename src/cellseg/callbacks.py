@@ -30,8 +30,12 @@ class TrainingCallback:
 
     Steps are counted from 1 within the run; epochs from 1 over all phases of the run (a retraining with
     ``freeze_encoder_epochs`` runs two phases). Hooks run with the caller's standard output (Keras'
-    own output is silenced).
+    own output is silenced). A callback whose stop :attr:`finishes` the run (a time budget, early
+    stopping) ends it as done, with its :attr:`stop_reason`; any other stop is a cancellation.
     """
+
+    finishes: bool = False
+    stop_reason: str = "cancelled"
 
     def on_train_begin(self, model: CellsegModel, total_steps: int) -> None:
         """The run starts training ``model`` for at most ``total_steps`` steps (the data is checked)."""
@@ -43,7 +47,7 @@ class TrainingCallback:
         """Epoch ``epoch`` ended after ``step`` steps; ``logs`` holds its training and validation losses."""
 
     def should_stop(self) -> bool:
-        """Polled after every step: True stops the run after this step (it is then ``cancelled``)."""
+        """Polled after every step and epoch: True stops the run there (``cancelled`` unless :attr:`finishes`)."""
         return False
 
     def on_status(self, message: str) -> None:
@@ -177,3 +181,48 @@ class EvaluateAtSteps(TrainingCallback):
             t = time.perf_counter()
             self.results.append({"step": step, "train_seconds": self.train_seconds(), **self.evaluate(self.model)})
             self.eval_seconds += time.perf_counter() - t
+
+
+class TimeBudget(TrainingCallback):
+    """Ends the run once ``seconds`` of training have passed (the best weights so far are kept)."""
+
+    finishes = True
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = float(seconds)
+        self.t0 = time.perf_counter()
+        self.stop_reason = f"time budget of {_duration(self.seconds)} spent"
+
+    def on_train_begin(self, model: CellsegModel, total_steps: int) -> None:
+        self.t0 = time.perf_counter()
+
+    def should_stop(self) -> bool:
+        return time.perf_counter() - self.t0 >= self.seconds
+
+
+class EarlyStopping(TrainingCallback):
+    """Ends the run when the validation loss has not improved for ``patience`` epochs in a row."""
+
+    finishes = True
+
+    def __init__(self, patience: int) -> None:
+        self.patience = int(patience)
+        self.best: float | None = None
+        self.waited = 0
+        self.stop_reason = f"validation loss did not improve for {self.patience} epoch(s)"
+
+    def on_epoch_end(self, epoch: int, step: int, logs: dict[str, Any]) -> None:
+        current = logs.get("val_loss")
+        if current is None:
+            return
+        if self.best is None or float(current) < self.best:
+            self.best, self.waited = float(current), 0
+        else:
+            self.waited += 1
+
+    def should_stop(self) -> bool:
+        return self.waited >= self.patience
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"

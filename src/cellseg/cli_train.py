@@ -12,8 +12,8 @@ from cellseg.errors import CellsegError
 
 #: The settings each command exposes as flags; their defaults, bounds and help come from cellseg.config.
 MODEL_FLAGS = ("backbone", "n_rays", "grid", "unet_n_depth", "unet_n_filter_base")
-TRAIN_FLAGS = ("epochs", "steps_per_epoch", "learning_rate", "batch_size", "patch_size", "augment",
-               "validation_fraction", "seed", "optimize_thresholds")
+TRAIN_FLAGS = ("epochs", "steps_per_epoch", "minutes", "patience", "learning_rate", "batch_size", "patch_size",
+               "augment", "validation_fraction", "seed", "optimize_thresholds")
 RETRAIN_FLAGS = ("freeze_encoder", "freeze_encoder_epochs", "encoder_lr_factor", "reinit_heads", "mix_fraction")
 
 
@@ -56,7 +56,8 @@ def _load_training_data(args: argparse.Namespace):
 def _report_training(result, out: Path) -> None:
     h = result.history
     last = h.iloc[-1].to_dict() if len(h) else {}
-    status = "cancelled, kept the best weights so far" if result.cancelled else "done"
+    status = ("cancelled, kept the best weights so far" if result.cancelled
+              else f"done: {result.stop_reason}, kept the best weights")
     print(f"trained {result.steps} steps in {result.seconds:.1f} s ({status}); "
           f"final loss {last.get('loss', float('nan')):.4f}, val_loss {last.get('val_loss', float('nan')):.4f}; "
           f"thresholds {result.model.thresholds}")

@@ -206,6 +206,13 @@ class TrainConfig:
                                      label="Batch size", lo=1, hi=256)
     patch_size: tuple[int, int] | None = setting(None, "training patch size, e.g. 128 (default: the model's, "
                                                  "128)", "pair", label="Patch size", lo=1, hi=4096)
+    minutes: float | None = setting(None, "wall-clock budget of the training steps in minutes: training ends "
+                                    "when it is spent, keeping the best weights (default: none, "
+                                    "epochs x steps_per_epoch only)", "float", label="Time budget (minutes)",
+                                    lo=0, hi=10080, lo_open=True)
+    patience: int | None = setting(None, "early stopping: end training when the validation loss has not "
+                                   "improved for this many epochs (default: never)", "int", label="Patience (epochs)",
+                                   lo=1, hi=100000)
     augment: bool = setting(True, "random flips, 90 degree rotations, intensity scale/shift and noise on "
                             "training patches", label="Augment")
     validation_fraction: float = setting(0.15, "share of the images held back for validation and threshold "

@@ -24,8 +24,8 @@ from cellseg.models import CellsegModel
 class KerasBridge(keras.callbacks.Callback):
     """Counts steps over all phases of a run and calls the cellseg callbacks' hooks.
 
-    After every step each callback's :meth:`~TrainingCallback.should_stop` is polled; the first True
-    sets :attr:`stopped` and stops Keras after this step. Hooks run with the standard output the caller
+    After every step and epoch each callback's :meth:`~TrainingCallback.should_stop` is polled; the first
+    True sets :attr:`stopped` (and :attr:`stopper`) and stops Keras there. Hooks run with the standard output the caller
     had when this bridge was made (Keras' progress bar is silenced by redirecting it).
     """
 
@@ -35,6 +35,7 @@ class KerasBridge(keras.callbacks.Callback):
         self.total_steps = total_steps
         self.step = 0
         self.stopped = False
+        self.stopper: TrainingCallback | None = None  # the callback that stopped the run
         self.epoch_offset = 0  # epochs done in earlier phases (freeze, then unfreeze)
         self._stdout = sys.stdout
 
@@ -44,15 +45,23 @@ class KerasBridge(keras.callbacks.Callback):
         with contextlib.redirect_stdout(self._stdout):
             for cb in self.callbacks:
                 cb.on_step(self.step, self.total_steps, logs)
-            if any(cb.should_stop() for cb in self.callbacks):
-                self.stopped = True
-                self.model.stop_training = True
+            self._poll()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = dict(logs or {})
         with contextlib.redirect_stdout(self._stdout):
             for cb in self.callbacks:
                 cb.on_epoch_end(self.epoch_offset + epoch + 1, self.step, logs)
+            self._poll()
+
+    def _poll(self) -> None:
+        if self.stopped:
+            return
+        for cb in self.callbacks:
+            if cb.should_stop():
+                self.stopped, self.stopper = True, cb
+                self.model.stop_training = True
+                return
 
 
 class LayerwiseAdam(keras.optimizers.Adam):

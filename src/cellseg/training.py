@@ -28,8 +28,10 @@ import pandas as pd
 from cellseg.callbacks import (
     BestWeights,
     CancelFn,
+    EarlyStopping,
     History,
     ProgressFn,
+    TimeBudget,
     TrainingCallback,
     check_callbacks,
     from_functions,
@@ -65,6 +67,7 @@ class TrainResult:
     cancelled: bool = False
     seconds: float = 0.0
     steps: int = 0
+    stop_reason: str = "all steps done"  # or "cancelled", a spent time budget, early stopping
 
 
 # -- the entry point ------------------------------------------------------------------------------
@@ -106,7 +109,9 @@ def fit(model: CellsegModel, data: TrainingData, config: TrainConfig | dict[str,
     encoder = model.encoder_layers()
     set_seed(cfg.seed)
     best, history = BestWeights(), History(start_step=model.steps_trained)
-    hooks = [history, best, *callbacks]
+    stoppers = ([TimeBudget(cfg.minutes * 60)] if cfg.minutes else []) + (
+        [EarlyStopping(cfg.patience)] if cfg.patience else [])
+    hooks = [history, best, *callbacks, *stoppers]
     bridge = keras_glue.KerasBridge(hooks, cfg.total_steps)
     aug = augmenter(np.random.default_rng(cfg.seed)) if cfg.augment else None
     for cb in hooks:
@@ -124,7 +129,9 @@ def fit(model: CellsegModel, data: TrainingData, config: TrainConfig | dict[str,
         if bridge.stopped:
             break
     seconds = time.perf_counter() - t0
-    steps, cancelled = bridge.step, bridge.stopped
+    steps = bridge.step
+    cancelled = bridge.stopped and not (bridge.stopper is not None and bridge.stopper.finishes)
+    stop_reason = bridge.stopper.stop_reason if bridge.stopper is not None else "all steps done"
 
     if cfg.optimize_thresholds and not cancelled and steps > 0:
         for cb in callbacks:
@@ -141,6 +148,7 @@ def fit(model: CellsegModel, data: TrainingData, config: TrainConfig | dict[str,
         "steps_per_epoch": cfg.steps_per_epoch,
         "seconds": round(seconds, 2),
         "cancelled": cancelled,
+        "stop_reason": stop_reason,
         "train_config": asdict(cfg),
         "mixed_in": prepared.mix_note,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -148,7 +156,7 @@ def fit(model: CellsegModel, data: TrainingData, config: TrainConfig | dict[str,
     })
     model.provenance["thresholds"] = model.thresholds
     return TrainResult(model=model, history=pd.DataFrame(history.rows), cancelled=cancelled, seconds=seconds,
-                       steps=steps)
+                       steps=steps, stop_reason=stop_reason)
 
 
 def _phases(cfg: TrainConfig) -> list[tuple[int, bool]]:
