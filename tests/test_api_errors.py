@@ -303,6 +303,7 @@ def test_failed_create_leaves_no_temporary_folder(tmp_path, monkeypatch, private
 def _api_calls():
     """(id, call(model, image), regex): each raised a bare TypeError/ValueError/KeyError/AttributeError before."""
     from cellseg import prediction as P
+    from cellseg import segment as SG
     from cellseg import streaming as S
     from cellseg import tiling as T
     from cellseg import training as TR
@@ -355,8 +356,8 @@ def _api_calls():
         ("predict_many-names-short", lambda m, im: list(P.predict_many(m, [im, im], names=["a"])), r"1 names for 2 images"),
         ("predict_many-progress-int", lambda m, im: list(P.predict_many(m, [im], progress=3)), r"progress=3 must be a function"),
         ("predict_batch-network_batch-str", lambda m, im: P.predict_batch(m, [im], network_batch="1"), r"network_batch='1'"),
-        ("pad_for_network-zero", lambda m, im: P.pad_for_network(im[..., None], 0), r"divisor=0 must be >= 1"),
-        ("objects_table-None", lambda m, im: P.objects_table(None, {}), r"objects_table: labels must be a 2D integer"),
+        ("pad_for_network-zero", lambda m, im: SG.pad_for_network(im[..., None], 0), r"divisor=0 must be >= 1"),
+        ("objects_table-None", lambda m, im: SG.objects_table(None, {}), r"objects_table: labels must be a 2D integer"),
         ("plan_tiles-None", lambda m, im: T.plan_tiles(None), r"plan_tiles: shape None must be \(H, W\)"),
         ("plan_tiles-tile-str", lambda m, im: T.plan_tiles((100, 100), "64"), r"tile_size='64'"),
         ("plan_tiles-overlap-str", lambda m, im: T.plan_tiles((100, 100), 64, "8"), r"overlap='8' must be an integer"),

@@ -15,7 +15,8 @@ from cellseg.bundle import BUNDLE_FILES, BundleMeta, pretrained_meta, pretrained
 from cellseg.config import ModelConfig
 from cellseg.errors import InputError, ModelLoadError
 from cellseg.models import CellsegModel, load_model
-from cellseg.prediction import OBJECT_COLUMNS, predict
+from cellseg.prediction import predict
+from cellseg.segment import OBJECT_COLUMNS
 
 
 def test_model_config_validation_names_the_parameter():

@@ -11,7 +11,8 @@ import pytest
 from cellseg.config import ModelConfig
 from cellseg.errors import CancelledError, InputError
 from cellseg.models import CellsegModel
-from cellseg.prediction import network_outputs, pad_for_network, predict, predict_batch, predict_many
+from cellseg.prediction import predict, predict_batch, predict_many
+from cellseg.segment import network_outputs, pad_for_network
 from cellseg.simulate import simulate_image
 
 

@@ -20,7 +20,8 @@ from cellseg.config import ModelConfig
 from cellseg.errors import CancelledError, InputError
 from cellseg.metrics import score_image
 from cellseg.models import CellsegModel
-from cellseg.prediction import OBJECT_COLUMNS, predict
+from cellseg.prediction import predict
+from cellseg.segment import OBJECT_COLUMNS
 from cellseg.simulate import simulate_image
 from cellseg.streaming import predict_large
 from cellseg.tiling import (

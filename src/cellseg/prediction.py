@@ -26,14 +26,7 @@ from cellseg.errors import (
     require_number,
 )
 from cellseg.models import CellsegModel
-from cellseg.segment import (  # noqa: F401  (OBJECT_COLUMNS and the steps are part of this module's API)
-    OBJECT_COLUMNS,
-    network_outputs,
-    objects_table,
-    pad_for_network,
-    prepare,
-    segment_images,
-)
+from cellseg.segment import prepare, segment_images
 
 
 def check_model(model: Any, what: str = "model") -> CellsegModel:
@@ -113,7 +106,7 @@ def predict(model: CellsegModel, image: np.ndarray, *, prob_thresh: float | None
     labels : ndarray of int32
         Instance label image (0 = background).
     objects : DataFrame
-        One row per object with :data:`OBJECT_COLUMNS`; ``polygon`` is WKT in (x, y) pixel coordinates.
+        One row per object with :data:`cellseg.segment.OBJECT_COLUMNS`; ``polygon`` is WKT in (x, y) pixel coordinates.
     """
     return predict_batch(model, [image], prob_thresh=prob_thresh, nms_thresh=nms_thresh, names=[_name(name)],
                          normalize=normalize, n_tiles=n_tiles)[0]

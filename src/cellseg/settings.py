@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
@@ -223,8 +222,7 @@ def _or(values: Sequence[Any] | None) -> str:
 
 
 def _show(value: Any) -> str:
+    """A default as the help shows it: a square pair ``(128, 128)`` as ``128``."""
     if isinstance(value, tuple) and len(value) == 2 and value[0] == value[1]:
         return str(value[0])
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
     return str(value)

@@ -205,7 +205,7 @@ def predict_large(model: Any, source: str | os.PathLike | np.ndarray, out_path: 
     Returns
     -------
     (out_path or labels, objects)
-        ``objects`` has :data:`cellseg.prediction.OBJECT_COLUMNS` in image coordinates; labels are
+        ``objects`` has :data:`cellseg.segment.OBJECT_COLUMNS` in image coordinates; labels are
         1..N in tile order (an object fully hidden under others keeps its number and has no row).
     """
     check_model(model)

@@ -227,8 +227,7 @@ class StarDistLearner:
         _columns(self, table_schema)
         mc = self._model_config()
         _train_config(self)
-        spec = StarDistModelSpec(summary_from_meta(mc.to_dict(), None, {"name": self.advanced.model_name,
-                                                                        "steps_trained": 0}))
+        spec = StarDistModelSpec(summary_from_meta(mc, None, {"name": self.advanced.model_name, "steps_trained": 0}))
         return spec, history_schema()
 
     def execute(self, exec_context: knext.ExecutionContext, table: knext.Table) -> Any:
