@@ -104,7 +104,7 @@ MALFORMED = [
     ("meta-list", _write("cellseg.json", "[]"), r"cellseg\.json must hold a JSON object.*not a list"),
     ("meta-empty", _write("cellseg.json", "{}"), r"cellseg\.json has no model_config"),
     ("meta-format", _edit("cellseg.json", format="other"), r"cellseg\.json: format='other'"),
-    ("meta-newer", _edit("cellseg.json", format_version=2), r"cellseg\.json: format_version 2 .*newer cellseg"),
+    ("meta-newer", _edit("cellseg.json", format_version=3), r"cellseg\.json: format_version 3 .*newer cellseg"),
     ("meta-model_config-list", _edit("cellseg.json", model_config=[1]),
      r"cellseg\.json: model_config: model config must be a dict"),
     ("meta-n_rays-str", _edit("cellseg.json", mc_n_rays="32"), r"cellseg\.json: model_config: n_rays='32' must be an integer"),

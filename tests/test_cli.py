@@ -105,3 +105,49 @@ def test_python_dash_m_entry_point():
     assert out.returncode == 0
     for command in ("simulate", "train", "retrain", "predict", "evaluate", "demo"):
         assert command in out.stdout
+
+
+def test_retrain_adapts_rgb_and_scale_and_refuses_bad_settings(sim, tmp_path, capsys):
+    """Issue 14: an RGB, bright-field, 2x larger version of the data retrains a grey model (converted,
+    inverted, scale estimated and stored); bad settings are one-line errors naming the setting."""
+    model = tmp_path / "model"
+    assert main(["-q", "train", "--images", str(sim / "images"), "--masks", str(sim / "masks"), "--out", str(model),
+                 "--n-rays", "16", "--depth", "2", "--filters", "8", *TINY]) == 0
+    rgb, masks = tmp_path / "rgb" / "images", tmp_path / "rgb" / "masks"
+    rgb.mkdir(parents=True)
+    masks.mkdir()
+    for p in sorted((sim / "images").iterdir()):
+        img = cimages.read_image(p).astype(np.float32)
+        big = np.kron(img, np.ones((2, 2), np.float32))
+        bright = (255 * (1 - (big - big.min()) / (np.ptp(big) + 1e-9))).astype(np.uint8)  # dark nuclei
+        cimages.write_image(rgb / p.name, np.repeat(bright[..., None], 3, axis=-1))
+        mask = cimages.read_image(sim / "masks" / p.name)
+        cimages.write_image(masks / p.name, np.kron(mask, np.ones((2, 2), mask.dtype)))
+    capsys.readouterr()
+    out = tmp_path / "rgb_model"
+    assert main(["retrain", "--model", str(model), "--images", str(rgb), "--masks", str(masks), "--out", str(out),
+                 *TINY, "--patience", "none"]) == 0
+    printed = capsys.readouterr().out
+    assert "images converted from 3 to 1 channel(s)" in printed and "scale 0.5" in printed
+    assert main(["info", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["n_channel_in"] == 1 and info["input"]["scale"] == pytest.approx(0.5, abs=0.02)
+    pred = tmp_path / "pred"
+    assert main(["-q", "predict", "--model", str(out), "--images", str(rgb), "--out", str(pred)]) == 0
+    name = sorted(rgb.iterdir())[0].name
+    assert cimages.read_image(pred / name).shape == cimages.read_image(rgb / name).shape[:2]
+
+    base = ["-q", "retrain", "--model", str(model), "--images", str(rgb), "--masks", str(masks)]
+    for flags, message in ((["--minutes", "0"], "argument --minutes: expected a number in (0, 10080]"),
+                           (["--scale", "0.01"], "argument --scale: expected a number in [0.05, 20]"),
+                           (["--scale", "0.1"], "sim_0000: scale=0.1 makes the image (192x192) 19x19 pixels, "
+                                                 "smaller than the patch size 64x64; use a larger scale"),
+                           (["--channels", "copy"], "argument --channels: expected one of auto, convert or adapt")):
+        try:
+            code = main([*base, "--out", str(tmp_path / "never"), *TINY, *flags])
+        except SystemExit as exit_info:  # argparse's errors
+            code = exit_info.code
+        assert code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (flags, err)
+        assert not (tmp_path / "never").exists()

@@ -13,7 +13,8 @@ from PIL import Image
 
 from cellseg.images import write_image
 from cellseg_knime import cells
-from cellseg_knime.learners import HISTORY_COLUMNS, StarDistRetrainer
+from cellseg_knime.history import HISTORY_COLUMNS
+from cellseg_knime.learners import StarDistRetrainer
 from cellseg_knime.ports import StarDistModelPortObject, StarDistModelSpec, summary_from_bundle
 from cellseg_knime.predictor import StarDistPredictor
 from cellseg_knime.scorer import StarDistScorer
@@ -250,10 +251,10 @@ def test_learner_bad_input(tiny_dataset, knime_ctx) -> None:
     mismatch.loc[0, "labels"] = png(labels[0][:32])
     with pytest.raises(ValueError, match="Row 'Row0'.*does not match"):
         node.execute(knime_ctx.make(), table_of(mismatch))
-    rgb = good.copy()
-    rgb.loc[0, "image"] = png(np.stack([(images[0] >> 8).astype(np.uint8)] * 3, -1))
-    with pytest.raises(ValueError, match="Row 'Row0'.*3 channel"):
-        node.execute(knime_ctx.make(), table_of(rgb))
+    two = good.copy()  # grey and RGB convert into each other; other channel counts are refused
+    two.loc[0, "image"] = png(np.stack([(images[0] >> 8).astype(np.uint8)] * 2, -1))
+    with pytest.raises(ValueError, match="Row 'Row0'.*2 channel"):
+        node.execute(knime_ctx.make(), table_of(two))
     colour_labels = good.copy()
     colour_labels.loc[2, "labels"] = png(np.stack([labels[2].astype(np.uint8)] * 3, -1))
     with pytest.raises(ValueError, match="Row 'Row2', column 'labels'.*not a colour image"):
@@ -287,14 +288,23 @@ def test_retrainer(tiny_dataset, model_port, knime_ctx) -> None:
     assert port.spec.summary["steps_trained"] == spec.summary["steps_trained"]
     assert port.model.provenance["retrained_from"][-1]["steps_trained"] == 2
     assert ctx.progress[-1][0] == 1.0 and view.render()[:4] == b"\x89PNG"
+    assert ctx.progress[-1][1].startswith("trained 2 steps in ") and "all steps done" in ctx.progress[-1][1]
 
     node.training.patch_size = 12
     with pytest.raises(knext.InvalidParametersError, match="multiple of 8"):
         node.configure(CFG(), model_port.spec, table.schema)
     node.training.patch_size = 64
+    # RGB images for a grey model: converted (the default), or the model's first layer adapted to them
     rgb = table_of(image_df([np.stack([(i >> 8).astype(np.uint8)] * 3, -1) for i in images], labels))
-    with pytest.raises(ValueError, match="Row 'Row0'.*3 channel.*expects 1"):
-        node.execute(knime_ctx.make(), model_port, rgb)
+    for mode, channels in (("auto", 1), ("adapt", 3)):
+        node.input_adaptation.channels = mode
+        ctx = knime_ctx.make()
+        port, _, _ = node.execute(ctx, model_port, rgb)
+        assert port.spec.n_channel_in == channels, mode
+        assert ("adapted from 1 to 3" in ctx.progress[-1][1]) == (mode == "adapt")
+    two = table_of(image_df([np.stack([(i >> 8).astype(np.uint8)] * 2, -1) for i in images], labels))
+    with pytest.raises(ValueError, match="Row 'Row0'.*2 channel.*expects 1"):
+        node.execute(knime_ctx.make(), model_port, two)
 
 
 # -- Predictor ----------------------------------------------------------------------------------
@@ -344,9 +354,22 @@ def test_predictor(kind: str, tmp_path: Path, tiny_dataset, model_port, knime_ct
 
     with pytest.raises(RuntimeError, match="canceled"):
         node.execute(knime_ctx.make(cancel_after=1), model_port, table)
-    rgb = image_df([np.stack([(images[0] >> 8).astype(np.uint8)] * 3, -1)])
-    with pytest.raises(ValueError, match="Row 'Row0'.*3 channel"):
-        node.execute(knime_ctx.make(), model_port, table_of(rgb))
+    grey8 = (images[0] >> 8).astype(np.uint8)
+    if kind == "png":  # RGB into a grey model is converted to grey; scale and inversion reach the backend
+        grey, rgb = (node.execute(knime_ctx.make(), model_port, table_of(image_df([x])))[0].to_pandas()
+                     for x in (grey8, np.stack([grey8] * 3, -1)))
+        fg_grey, fg_rgb = (array(t["labels"].iloc[0]) > 0 for t in (grey, rgb))
+        assert fg_grey.shape == fg_rgb.shape and (fg_grey == fg_rgb).mean() > 0.95  # up to float rounding
+        node.input_adaptation.scale = 2.0
+        node.input_adaptation.invert = "no"
+        assert node._input().scale == 2.0
+        scaled = node.execute(knime_ctx.make(), model_port, table_of(image_df([grey8])))[0].to_pandas()
+        assert array(scaled["labels"].iloc[0]).shape == grey8.shape  # labels at the image's own size
+        node.input_adaptation.scale = 0.0
+        assert node._input().scale is None  # 0 = the model's own
+    rgba = image_df([np.stack([grey8] * 3 + [np.full_like(grey8, 255)], -1)])
+    with pytest.raises(ValueError, match="Row 'Row0'.*4 channel"):
+        node.execute(knime_ctx.make(), model_port, table_of(rgba))
 
 
 def test_predictor_bad_cells(tmp_path: Path, tiny_dataset, model_port, knime_ctx) -> None:

@@ -161,8 +161,8 @@ def test_stardist_pretrained_offline_gives_clear_error(monkeypatch):
 
 def test_predict_bad_input(tiny_model_bytes):
     model = load_model(tiny_model_bytes)
-    with pytest.raises(InputError, match="channel"):
-        predict(model, np.zeros((64, 64, 3), np.float32), name="rgb.tif")
+    with pytest.raises(InputError, match=r"two.tif: image has 2 channel\(s\) but the model expects 1"):
+        predict(model, np.zeros((64, 64, 2), np.float32), name="two.tif")
     bad = np.ones((64, 64), np.float32)
     bad[3, 3] = np.nan
     with pytest.raises(InputError, match="nan.tif"):

@@ -108,7 +108,7 @@ def test_predict_many_batches_with_progress_and_cancel(model, images):
 def test_bad_input(model, images):
     with pytest.raises(InputError, match="im1"):
         predict_batch(model, [images[0], np.full((64, 64), np.nan)], names=["im0", "im1"])
-    with pytest.raises(InputError, match="channel"):
-        predict_batch(model, [np.zeros((64, 64, 3))])
+    with pytest.raises(InputError, match="2 channel"):
+        predict_batch(model, [np.zeros((64, 64, 2))])
     with pytest.raises(InputError, match="batch_size"):
         list(predict_many(model, images, batch_size=0))

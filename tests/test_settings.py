@@ -82,6 +82,68 @@ def test_node_parameters_come_from_the_config():
     learner.advanced.reduce_lr = False
     tc = _train_config(learner)
     assert tc.validation_fraction == 0.3 and tc.reduce_lr is False
+    assert (tc.minutes, tc.patience, tc.scale, tc.invert) == (TrainConfig().minutes, TrainConfig().patience,
+                                                              None, "auto")
+    # optional settings: 0 in the node is None in the config (no early stopping, automatic scale, ...)
+    retrainer.training.patience = 0
+    retrainer.training.batch_size = 0
+    retrainer.input_adaptation.scale = 0.0
+    retrainer.input_adaptation.invert = "yes"
+    retrainer.input_adaptation.channels = "adapt"
+    tc = _train_config(retrainer)
+    assert (tc.patience, tc.batch_size, tc.scale, tc.invert, tc.channels) == (None, None, None, "yes", "adapt")
+    retrainer.input_adaptation.scale = 0.5
+    assert _train_config(retrainer).scale == 0.5
+
+
+def test_optional_and_choice_parameters_check_like_the_config():
+    from cellseg.adapt import InputConfig
+    from cellseg_knime.learners import StarDistRetrainer
+    from cellseg_knime.predictor import StarDistPredictor
+
+    retrainer, predictor = StarDistRetrainer(), StarDistPredictor()
+    assert (retrainer.training.minutes, retrainer.training.patience) == (
+        RETRAIN_DEFAULTS["minutes"], RETRAIN_DEFAULTS["patience"])
+    assert (predictor.input_adaptation.scale, predictor.input_adaptation.invert) == (0, InputConfig().invert)
+    with pytest.raises(ValueError, match=r"Time budget \(minutes\)=0.0 must be in \(0, 10080\]"):
+        retrainer.training.minutes = 0.0  # no "0 = none" for the budget: the declared bounds
+    with pytest.raises(ValueError, match=r"Scale=0.01 must be in \[0.05, 20"):
+        retrainer.input_adaptation.scale = 0.01  # 0 is automatic, other values the declared bounds
+    with pytest.raises(ValueError, match="Channel adaptation='both' must be auto, convert or adapt"):
+        retrainer.input_adaptation.channels = "both"
+    with pytest.raises(ValueError, match="Invert intensities='maybe' must be auto, yes or no"):
+        predictor.input_adaptation.invert = "maybe"
+    predictor.input_adaptation.scale = 1.5
+    assert predictor._input() == InputConfig(scale=1.5)
+
+
+def test_settings_saved_by_0_2_0_load_with_the_new_parameters_defaulted():
+    """Parameters added in 0.3.0 carry since_version: a node saved by 0.2.0 (without them) still loads."""
+    import knime.extension.parameter as kp
+
+    from cellseg_knime.learners import StarDistLearner, StarDistRetrainer
+    from cellseg_knime.predictor import StarDistPredictor
+
+    added = ((StarDistLearner, {"training": ("minutes", "patience"), "input_adaptation": ()}),
+             (StarDistRetrainer, {"training": ("minutes", "patience"), "input_adaptation": ()}),
+             (StarDistPredictor, {"input_adaptation": ()}))
+    for cls, groups in added:
+        fresh = cls()
+        saved = kp.extract_parameters(fresh)
+        for group, names in groups.items():
+            descriptor = kp._get_parameters(fresh)[group]
+            if not names:  # a new group
+                assert str(descriptor._since_version) == "0.3.0"
+                del saved["model"][group]
+            for name in names:
+                assert str(kp._get_parameters(descriptor)[name]._since_version) == "0.3.0"
+                del saved["model"][group][name]
+        node = cls()
+        kp.validate_parameters(node, saved, "0.2.0")
+        kp.inject_parameters(node, saved, "0.2.0")
+        assert kp.extract_parameters(node) == kp.extract_parameters(fresh), cls.__name__
+        with pytest.raises(ValueError, match="Parameter missing"):
+            kp.validate_parameters(cls(), saved, "0.3.0")  # saved by 0.3.0, they must be there
 
 
 def test_config_from_refuses_a_parameter_it_would_drop():

@@ -305,6 +305,7 @@ def test_default_overlap_and_cli_predictor(blob_model, tmp_path):
 
     class Args:
         tiled, tiled_above, tile_size, prob_thresh, nms_thresh, quiet = "auto", 100 * 100, 64, None, None, True
+        scale, invert = None, "auto"
 
     small, large = tmp_path / "small.tif", tmp_path / "large.tif"
     tifffile.imwrite(small, simulate_image((64, 64), seed=1)[0])

@@ -62,12 +62,24 @@ def test_retrain_continues_from_weights_and_keeps_the_original(tiny_model_bytes,
     result = retrain(original, images[:2], masks[:2], _short(learning_rate=1e-3), names=["a", "b"])
     assert all(np.array_equal(x, y) for x, y in zip(before, original.get_weights()))
     after = result.model.get_weights()
-    assert not all(np.array_equal(x, y) for x, y in zip(before, after))
+    kept = result.kept_start  # the starting weights scored higher on validation
+    assert kept == ("were kept" in result.stop_reason)
+    assert all(np.array_equal(x, y) for x, y in zip(before, after)) == kept
     prov = result.model.provenance
     assert prov["steps_trained"] == original.steps_trained + 4
     assert prov["retrained_from"][-1]["fingerprint"] == original.fingerprint()
     assert prov["trainings"][-1]["kind"] == "retrain"
-    assert "fewer than 3" in prov["trainings"][-1]["validation"]
+    assert "held-back 64x64 patch of 2 of the images" in prov["trainings"][-1]["validation"]
+
+
+def test_retraining_that_makes_the_model_worse_keeps_the_start(tiny_model_bytes, easy_data):
+    (images, masks), _ = easy_data
+    original = load_model(tiny_model_bytes)
+    result = retrain(original, images[:4], masks[:4], TrainConfig(epochs=2, steps_per_epoch=5, learning_rate=0.5,
+                                                                  optimize_thresholds=False))
+    assert result.kept_start and "starting weights scored higher on the validation data" in result.stop_reason
+    assert all(np.array_equal(x, y) for x, y in zip(original.get_weights(), result.model.get_weights()))
+    assert result.model.thresholds == original.thresholds and result.validation_ap50 > 0.3
 
 
 def test_split_validation():
@@ -87,8 +99,8 @@ def test_bad_training_input(easy_data, tiny_config):
     binary = (masks[0] > 0).astype(np.uint8)
     with pytest.raises(InputError, match="label_components"):
         train([images[0]], [binary], tiny_config, _short())
-    with pytest.raises(InputError, match="channel"):
-        train([np.stack([images[0]] * 3, -1)], [masks[0]], tiny_config, _short(), names=["rgb.png"])
+    with pytest.raises(InputError, match=r"two.png: image has 2 channel\(s\) but the model expects 1"):
+        train([np.stack([images[0]] * 2, -1)], [masks[0]], tiny_config, _short(), names=["two.png"])
     nan = images[0].astype(np.float32)
     nan[0, 0] = np.inf
     with pytest.raises(InputError):

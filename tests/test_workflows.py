@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import shutil
 import tempfile
@@ -391,8 +392,23 @@ def ext() -> wf.Extension:
     return wf.load_extension()
 
 
+def _version(text: str) -> Any:
+    import knime.extension.parameter as kp
+
+    return kp.Version.parse_version(text)
+
+
+def _saved_version(name: str) -> str:
+    """The extension version the committed example ``name`` was generated with (one for all its nodes)."""
+    folder = REPO / "workflows" / name
+    versions = {wf.read_config(p)["model"]["extension_version_Internals"].value for p in folder.glob("*/settings.xml")}
+    assert len(versions) == 1, f"{name}: nodes saved with versions {versions}"
+    return versions.pop()
+
+
 def test_example_files_match_the_node_definitions(ext: wf.Extension) -> None:
-    """Every node of every example: this extension's factory and ids, every parameter with its type."""
+    """Every node of every example: this extension's factory and ids, every parameter with its type (the
+    parameters added after the version an example was saved with may be missing: they get their defaults)."""
     for name in EXAMPLES:
         folder = REPO / "workflows" / name
         flow = wf.read_config(folder / "workflow.knime")
@@ -404,8 +420,9 @@ def test_example_files_match_the_node_definitions(ext: wf.Extension) -> None:
             reg = ext.node(settings["factory_settings"]["node_id"].value)
             assert reg is not None and settings["name"].value == reg.name
             schema = wf.parameter_schema(reg.node_factory())
-            assert settings["model"]["extension_version_Internals"].value == ext.version
-            _assert_model_matches(settings["model"], schema, f"{name}/{item['node_settings_file'].value}")
+            saved = _version(settings["model"]["extension_version_Internals"].value)
+            assert saved <= _version(ext.version)
+            _assert_model_matches(settings["model"], schema, f"{name}/{item['node_settings_file'].value}", saved)
             nodes[item["id"].python()] = reg
         for x in flow["connections"].values():
             src, dst = nodes[x["sourceID"].python()], nodes[x["destID"].python()]
@@ -415,12 +432,14 @@ def test_example_files_match_the_node_definitions(ext: wf.Extension) -> None:
             assert f"{name}/workflow.knime" in zf.namelist()
 
 
-def _assert_model_matches(model: dict, schema: dict, where: str) -> None:
+def _assert_model_matches(model: dict, schema: dict, where: str, saved: Any) -> None:
     assert model["json-type_Internals"] == Entry("xstring", "OBJECT"), where
     for key, info in schema.items():
+        if key not in model and info.since is not None and info.since > saved:
+            continue  # added after the version the file was saved with
         assert key in model, f"{where}: missing {key}"
         if info.children is not None:
-            _assert_model_matches(model[key], info.children, f"{where}:{key}")
+            _assert_model_matches(model[key], info.children, f"{where}:{key}", saved)
         elif info.xtype == wf.STRING_ARRAY:
             assert isinstance(model[key], dict), f"{where}: {key}"  # a string-array config
         else:
@@ -428,17 +447,53 @@ def _assert_model_matches(model: dict, schema: dict, where: str) -> None:
 
 
 def test_examples_are_up_to_date(ext: wf.Extension, tmp_path: Path) -> None:
-    """Regenerating from workflows/definitions.py gives the committed files byte for byte."""
-    wf.make_workflows(tmp_path, extension=ext)
+    """Regenerating from workflows/definitions.py gives the committed files byte for byte.
+
+    Examples saved with an older extension version (kept to show that old workflows load) are compared
+    with a generation at that version: the same files, and the same settings once the parameters added
+    since are left out, which must have their defaults (a definition setting one needs a regeneration).
+    """
     for name in EXAMPLES:
-        fresh = sorted(p.relative_to(tmp_path) for p in (tmp_path / name).rglob("*") if p.is_file())
+        saved = _saved_version(name)
+        dest = tmp_path / saved
+        if not (dest / name).is_dir():
+            wf.make_workflows(dest, extension=dataclasses.replace(ext, version=saved), only=[name])
+        fresh = sorted(p.relative_to(dest) for p in (dest / name).rglob("*") if p.is_file())
         committed = sorted(p.relative_to(REPO / "workflows") for p in (REPO / "workflows" / name).rglob("*")
                            if p.is_file())
         assert fresh == committed, f"{name}: run `cellseg make-workflows`"
         for rel in fresh:
-            assert (tmp_path / rel).read_bytes() == (REPO / "workflows" / rel).read_bytes(), \
-                f"{rel} differs: run `cellseg make-workflows`"
-        assert (tmp_path / f"{name}.knwf").read_bytes() == (REPO / "workflows" / f"{name}.knwf").read_bytes()
+            new, old = dest / rel, REPO / "workflows" / rel
+            if saved != ext.version and rel.name == "settings.xml":
+                assert _without_newer(wf.read_config(new), ext, _version(saved), str(rel)) == wf.read_config(old), \
+                    f"{rel} differs: run `cellseg make-workflows`"
+            else:
+                assert new.read_bytes() == old.read_bytes(), f"{rel} differs: run `cellseg make-workflows`"
+        knwf = wf.write_knwf(REPO / "workflows" / name, tmp_path / f"{name}.knwf")  # the archive of the folder
+        assert knwf.read_bytes() == (REPO / "workflows" / f"{name}.knwf").read_bytes()
+
+
+def _without_newer(settings: dict, ext: wf.Extension, saved: Any, where: str) -> dict:
+    """A node's generated settings without the parameters added after ``saved``, checking they are defaults."""
+    import knime.extension.parameter as kp
+
+    from cellseg_knime.workflows.settings import values_to_model
+
+    node = ext.node(settings["factory_settings"]["node_id"].value).node_factory()
+    schema = wf.parameter_schema(node)
+    defaults = values_to_model(kp.extract_parameters(node)["model"], schema, ext.version)
+
+    def strip(model: dict, default: dict, schema: dict, path: str) -> dict:
+        out = dict(model)
+        for key, info in schema.items():
+            if info.since is not None and info.since > saved:
+                assert model[key] == default[key], f"{where}: {path}{key} is set; regenerate the example"
+                del out[key]
+            elif info.children is not None:
+                out[key] = strip(model[key], default[key], info.children, f"{path}{key}.")
+        return out
+
+    return {**settings, "model": strip(settings["model"], defaults, schema, "")}
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import os
 # Quieten TensorFlow's C++ logging (its tf.data graph rewrites log harmless errors) before it is imported.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from cellseg.errors import CancelledError, CellsegError, InputError, ModelLoadError  # noqa: E402
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cellseg.adapt import InputSpec
 from cellseg.bundle_files import (
     BUNDLE_FILES,
     BUNDLE_META,
@@ -51,7 +52,7 @@ __all__ = [
 
 DEFAULT_THRESHOLDS = {"prob": 0.5, "nms": 0.4}
 #: Format of cellseg.json this version writes and reads.
-FORMAT, FORMAT_VERSION = "cellseg-bundle", 1
+FORMAT, FORMAT_VERSION = "cellseg-bundle", 2  # 2: the ``input`` key (written only when not the default)
 
 
 @dataclass
@@ -60,14 +61,16 @@ class BundleMeta:
 
     ``provenance`` is the JSON-able record of how the model came about (name, steps trained, trainings,
     what it was retrained from); ``geometry`` measured network properties kept with the weights they were
-    measured for (``receptive_field``, ``fingerprint``). A :class:`~cellseg.models.CellsegModel` shares its
-    dicts with the BundleMeta it describes itself by.
+    measured for (``receptive_field``, ``fingerprint``); ``input`` what the network expects of an image
+    (:class:`~cellseg.adapt.InputSpec`: background, object size, scale). A
+    :class:`~cellseg.models.CellsegModel` shares its dicts with the BundleMeta it describes itself by.
     """
 
     model_config: ModelConfig
     thresholds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     provenance: dict[str, Any] = field(default_factory=dict)
     geometry: dict[str, Any] = field(default_factory=dict)
+    input: InputSpec = field(default_factory=InputSpec)
 
     @property
     def name(self) -> str:
@@ -97,13 +100,17 @@ class BundleMeta:
             "divisor": config.divisor,
             "thresholds": {"prob": float(self.thresholds["prob"]), "nms": float(self.thresholds["nms"])},
             "steps_trained": self.steps_trained,
+            "input": self.input.to_json(),
             "provenance": prov,
         }
 
     def to_json(self) -> dict[str, Any]:
         """The content of ``cellseg.json``."""
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_config": self.model_config.to_dict(),
+        version = 1 if self.input.is_default() else FORMAT_VERSION  # readable by older cellseg when it can be
+        meta = {"format": FORMAT, "format_version": version, "model_config": self.model_config.to_dict(),
                 "provenance": self.provenance}
+        if not self.input.is_default():
+            meta["input"] = self.input.to_json()
         if self.geometry:
             meta["geometry"] = self.geometry
         return meta
@@ -181,7 +188,11 @@ def read_meta(files: BundleFiles) -> BundleMeta:
         thresholds = {"prob": prob, "nms": nms}
     provenance = meta.get("provenance") or {"name": files.label, "imported_from": files.origin,
                                             "steps_trained": 0, "trainings": []}
-    return BundleMeta(config, thresholds, provenance, dict(meta.get("geometry") or {}))
+    try:
+        spec = InputSpec.from_json(meta.get("input"), f"{BUNDLE_META}: input")
+    except InputError as err:
+        raise ModelLoadError(f"{where}: {err}") from err
+    return BundleMeta(config, thresholds, provenance, dict(meta.get("geometry") or {}), spec)
 
 
 def _check_meta(meta: dict[str, Any], where: str) -> None:

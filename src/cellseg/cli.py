@@ -71,10 +71,11 @@ class _LargeImages:
     """The streaming path of ``cellseg predict``: which images to stream, and each streamed with a tile bar."""
 
     def __init__(self, model: Any, *, tiled: str, tiled_above: int, tile_size: int, prob_thresh: float | None,
-                 nms_thresh: float | None, quiet: bool) -> None:
+                 nms_thresh: float | None, quiet: bool, scale: float | None = None, invert: str = "auto") -> None:
         self.model = model
         self.tiled, self.tiled_above, self.tile_size = tiled, tiled_above, tile_size
         self.prob_thresh, self.nms_thresh, self.quiet = prob_thresh, nms_thresh, quiet
+        self.scale, self.invert = scale, invert
 
     def wants(self, path: str | os.PathLike) -> bool:
         """Stream this image? ``--tiled always``, or ``auto`` and more pixels than ``--tiled-above``."""
@@ -103,7 +104,7 @@ class _LargeImages:
                 warnings.simplefilter("always", TilingWarning)
                 _, objects = predict_large(self.model, path, out_tif, tile_size=self.tile_size,
                                            prob_thresh=self.prob_thresh, nms_thresh=self.nms_thresh,
-                                           progress=progress)
+                                           progress=progress, scale=self.scale, invert=self.invert)
         finally:
             bar.close()
         for w in caught:
@@ -153,7 +154,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         results = predict_many(model, images(), names=[p.stem for p in small], total=len(small),
                                prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh,
-                               n_tiles=args.n_tiles, progress=bar)
+                               n_tiles=args.n_tiles, progress=bar, scale=args.scale, invert=args.invert)
         for p, (labels, objects) in zip(small, results):
             cimages.write_image(tmp / f"{p.stem}.tif", compact_labels(labels))
             tables.append(objects.assign(image=p.stem))
@@ -171,7 +172,8 @@ def _large_image_predictor(args: argparse.Namespace, model: Any) -> _LargeImages
     if args.tiled == "never":
         return None
     return _LargeImages(model, tiled=args.tiled, tiled_above=args.tiled_above, tile_size=args.tile_size,
-                        prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh, quiet=args.quiet)
+                        prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh, quiet=args.quiet,
+                        scale=args.scale, invert=args.invert)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -237,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     cli_train.register_cli(sub)
+    from cellseg.adapt import InputConfig
+    from cellseg.settings import add_arguments
 
     p = sub.add_parser("predict", help="segment images: label TIFFs + objects.csv")
     p.add_argument("--model", required=True, help="model folder, .zip or pretrained name")
@@ -248,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prob-thresh", type=float_arg(0, 1), default=None, help="default: the model's")
     p.add_argument("--nms-thresh", type=float_arg(0, 1), default=None, help="default: the model's")
     p.add_argument("--n-tiles", type=_pair, default=None, help="tiles per axis for the network, e.g. 2,2")
+    add_arguments(p, InputConfig, ("scale", "invert"))
     p.add_argument("--tiled", choices=("auto", "always", "never"), default="auto",
                    help="stream large images tile by tile (auto: above --tiled-above pixels)")
     p.add_argument("--tiled-above", type=int_arg(0), default=4096 * 4096, help="pixel count for auto tiling")

@@ -13,8 +13,9 @@ from cellseg.errors import CellsegError
 #: The settings each command exposes as flags; their defaults, bounds and help come from cellseg.config.
 MODEL_FLAGS = ("backbone", "n_rays", "grid", "unet_n_depth", "unet_n_filter_base")
 TRAIN_FLAGS = ("epochs", "steps_per_epoch", "minutes", "patience", "learning_rate", "batch_size", "patch_size",
-               "augment", "validation_fraction", "seed", "optimize_thresholds")
-RETRAIN_FLAGS = ("freeze_encoder", "freeze_encoder_epochs", "encoder_lr_factor", "reinit_heads", "mix_fraction")
+               "augment", "validation_fraction", "seed", "optimize_thresholds", "scale", "invert")
+RETRAIN_FLAGS = ("channels", "freeze_encoder", "freeze_encoder_epochs", "encoder_lr_factor", "reinit_heads",
+                 "mix_fraction")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -58,8 +59,11 @@ def _report_training(result, out: Path) -> None:
     last = h.iloc[-1].to_dict() if len(h) else {}
     status = ("cancelled, kept the best weights so far" if result.cancelled
               else f"done: {result.stop_reason}, kept the best weights")
+    if result.input_note or result.channels_note:
+        print(f"input: {'; '.join(n for n in (result.input_note, result.channels_note) if n)}")
+    val = "" if result.validation_ap50 is None else f"; validation AP@0.5 {result.validation_ap50:.3f}"
     print(f"trained {result.steps} steps in {result.seconds:.1f} s ({status}); "
-          f"final loss {last.get('loss', float('nan')):.4f}, val_loss {last.get('val_loss', float('nan')):.4f}; "
+          f"final loss {last.get('loss', float('nan')):.4f}, val_loss {last.get('val_loss', float('nan')):.4f}{val}; "
           f"thresholds {result.model.thresholds}")
     print(f"model saved to {out}")
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from cellseg.adapt import CHANNEL_MODES, INVERT_CHOICES, INVERT_HELP, SCALE_BOUNDS
 from cellseg.errors import InputError, require_bool, require_int, require_number, require_pair
 from cellseg.settings import check_settings, setting, strict_init
 
 #: The retraining budget (transfer learning on a few images): the CLI's ``retrain`` and the Retrainer
 #: node start from these instead of :class:`TrainConfig`'s defaults for training from scratch.
-RETRAIN_DEFAULTS: dict[str, Any] = {"epochs": 10, "steps_per_epoch": 25, "learning_rate": 1e-4}
+RETRAIN_DEFAULTS: dict[str, Any] = {"epochs": 1000, "steps_per_epoch": 25, "learning_rate": 1e-4, "minutes": 3.0,
+                                    "patience": 10}
 #: Values a retraining strategy starts from when it is chosen (the field defaults mean "strategy off").
 STRATEGY_DEFAULTS: dict[str, Any] = {"freeze_encoder_epochs": 2, "encoder_lr_factor": 0.1}
 
@@ -192,13 +194,16 @@ def divisor(grid: Any, unet_n_depth: int) -> int:
 class TrainConfig:
     """How to train (the architecture is in :class:`ModelConfig`).
 
-    Every value is checked when the config is made (and again by :meth:`validate`). ``epochs *
-    steps_per_epoch`` optimiser steps are run; :meth:`retraining` starts from the retraining budget
-    :data:`RETRAIN_DEFAULTS`. With fewer than 3 images the training images themselves are used for
-    validation. The same ``seed`` gives the same weights.
+    Every value is checked when the config is made (and again by :meth:`validate`). Training ends at the
+    first of: ``epochs * steps_per_epoch`` optimiser steps, ``minutes`` spent, no improvement of the
+    validation loss for ``patience`` epochs; the best weights are kept. :meth:`retraining` starts from
+    the retraining budget :data:`RETRAIN_DEFAULTS`. Validation data: see
+    :func:`cellseg.trainingdata.prepare_training`. The same ``seed`` gives the same weights (unless the
+    time budget ends the run).
     """
 
-    epochs: int = setting(10, "number of epochs", label="Epochs", lo=1, hi=100000)
+    epochs: int = setting(400, "most epochs (training usually ends earlier: time budget, early stopping)",
+                          label="Epochs", lo=1, hi=100000)
     steps_per_epoch: int = setting(50, "optimiser steps per epoch", label="Steps per epoch", lo=1, hi=1000000)
     learning_rate: float | None = setting(None, "Adam learning rate (default: the model's own, 3e-4)", "float",
                                           label="Learning rate", lo=0, hi=1, lo_open=True, hi_open=True)
@@ -206,18 +211,27 @@ class TrainConfig:
                                      label="Batch size", lo=1, hi=256)
     patch_size: tuple[int, int] | None = setting(None, "training patch size, e.g. 128 (default: the model's, "
                                                  "128)", "pair", label="Patch size", lo=1, hi=4096)
-    minutes: float | None = setting(None, "wall-clock budget of the training steps in minutes: training ends "
-                                    "when it is spent, keeping the best weights (default: none, "
-                                    "epochs x steps_per_epoch only)", "float", label="Time budget (minutes)",
-                                    lo=0, hi=10080, lo_open=True)
-    patience: int | None = setting(None, "early stopping: end training when the validation loss has not "
-                                   "improved for this many epochs (default: never)", "int", label="Patience (epochs)",
-                                   lo=1, hi=100000)
+    minutes: float | None = setting(20.0, "wall-clock budget of the training steps in minutes: training ends "
+                                    "when it is spent, keeping the best weights (none: epochs x "
+                                    "steps_per_epoch only)", "float", label="Time budget (minutes)",
+                                    lo=0, hi=10080, lo_open=True, optional=True)
+    patience: int | None = setting(10, "early stopping: end training when the validation loss has not "
+                                   "improved for this many epochs (none: never)", "int", label="Patience (epochs)",
+                                   lo=1, hi=100000, optional=True)
     augment: bool = setting(True, "random flips, 90 degree rotations, intensity scale/shift and noise on "
                             "training patches", label="Augment")
     validation_fraction: float = setting(0.15, "share of the images held back for validation and threshold "
-                                         "optimisation", label="Validation fraction", lo=0, hi=0.9,
+                                         "optimisation; when that is fewer than 2 images, one patch of each "
+                                         "image is held back instead (0: validate on the training images)", label="Validation fraction", lo=0, hi=0.9,
                                          flag="--val-fraction")
+    scale: float | None = setting(None, "resize the images by this factor for training (and prediction, stored in "
+                                  "the model); default: retraining estimates it from the masks (objects the "
+                                  "size the model was trained on), training from scratch uses 1", "float",
+                                  label="Scale", lo=SCALE_BOUNDS[0], hi=SCALE_BOUNDS[1])
+    invert: str = setting("auto", INVERT_HELP, label="Invert intensities", choices=INVERT_CHOICES)
+    channels: str = setting("auto", "when the images' channels are not the model's (grey vs RGB): convert the "
+                            "images, or adapt the model's first layer to them; auto picks the measured better "
+                            "one", label="Channel adaptation", choices=CHANNEL_MODES)
     seed: int = setting(0, "seeds weights, patch sampling and augmentation", label="Seed", lo=0, hi=2**32 - 1)
     optimize_thresholds: bool = setting(True, "optimise the probability and overlap thresholds on the "
                                         "validation images", label="Optimise thresholds")

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from cellseg.adapt import InputSpec
 from cellseg.backbones import model_class
 from cellseg.bundle import (
     BUNDLE_META,
@@ -68,6 +69,8 @@ class CellsegModel:
     geometry : dict
         Measured properties of the network kept with the bundle so that they need not be measured again:
         ``receptive_field`` (pixels) and the :meth:`fingerprint` of the weights it was measured for.
+    input_spec : cellseg.adapt.InputSpec
+        What the network expects of an image (background, object size, scale), kept with the bundle.
     """
 
     def __init__(self, stardist_model: Any, config: ModelConfig, provenance: dict | None = None,
@@ -76,6 +79,7 @@ class CellsegModel:
         self.config = config
         self.provenance: dict[str, Any] = provenance if provenance is not None else {}
         self.geometry: dict[str, Any] = {}
+        self.input_spec = InputSpec()  # what the network expects: background, object size, scale
         self._workdir = workdir
         # (state key, bundle bytes): the bytes last written or loaded, valid while the model's state (weights
         # and JSON files, see _state_key) is the same; loaded bytes are kept as they were (bit-exact round trip)
@@ -144,7 +148,7 @@ class CellsegModel:
 
     def meta(self) -> BundleMeta:
         """The bundle metadata of this model now (sharing its ``provenance`` and ``geometry`` dicts)."""
-        return BundleMeta(self.config, self.thresholds, self.provenance, self.geometry)
+        return BundleMeta(self.config, self.thresholds, self.provenance, self.geometry, self.input_spec)
 
     def summary(self) -> dict[str, Any]:
         """A small JSON-able description (the KNIME port spec): architecture, thresholds, provenance."""
@@ -317,6 +321,7 @@ def _load_bundle(files: BundleFiles) -> CellsegModel:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     model.geometry = meta.geometry
+    model.input_spec = meta.input
     if isinstance(files, ZipFiles) and files.exact:
         model._bytes_cache = (model._state_key(), files.data)  # to_bytes() gives these bytes while unchanged
     return model

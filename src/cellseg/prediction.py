@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cellseg import images as cimages
+from cellseg.adapt import CONVERTIBLE, InputConfig, prepare_input
 from cellseg.errors import (
     CancelledError,
     InputError,
@@ -26,7 +27,7 @@ from cellseg.errors import (
     require_number,
 )
 from cellseg.models import CellsegModel
-from cellseg.segment import prepare, segment_images
+from cellseg.segment import segment_images
 
 
 def check_model(model: Any, what: str = "model") -> CellsegModel:
@@ -58,19 +59,22 @@ def channel_mismatch(name: str, shape: tuple[int, ...], expected: int) -> str:
                  f"a Z stack (or time series) of {shape[0]} slices of {shape[1]}x{shape[2]}?")
         return (f"{name}: image has shape {tuple(shape)} ({guess}); cellseg segments 2D images: YX, or YXC with "
                 f"the model's {expected} channel(s) last; pass one slice or a projection")
-    return f"{name}: image has {channels} channel(s) but the model expects {expected}"
+    return (f"{name}: image has {channels} channel(s) but the model expects {expected}; only grey (1) and RGB (3) "
+            "are converted into each other")
 
 
 def check_input(model: CellsegModel, image: np.ndarray, name: str = "image") -> np.ndarray:
-    """Validate ``image`` for ``model`` (dimensions, finite values, channel count); return it."""
+    """Validate ``image`` for ``model``: dimensions, finite values, a channel count that is the model's or
+    converts into it (grey and RGB, :func:`cellseg.adapt.match_channels`); return it."""
     check_model(model)
+    n = model.config.n_channel_in
     arr = as_image_array(image, name)
-    if arr.ndim == 3 and arr.shape[-1] != model.config.n_channel_in and arr.shape[0] < arr.shape[-1]:
-        raise InputError(channel_mismatch(name, arr.shape, model.config.n_channel_in))
+    if arr.ndim == 3 and arr.shape[-1] != n and arr.shape[0] < arr.shape[-1]:
+        raise InputError(channel_mismatch(name, arr.shape, n))
     image = cimages.check_image(arr, name)
     channels = 1 if image.ndim == 2 else image.shape[-1]
-    if channels != model.config.n_channel_in:
-        raise InputError(channel_mismatch(name, image.shape, model.config.n_channel_in))
+    if channels != n and (channels, n) not in CONVERTIBLE:
+        raise InputError(channel_mismatch(name, image.shape, n))
     return image
 
 
@@ -84,7 +88,7 @@ def resolve_thresholds(model: CellsegModel, prob_thresh: float | None, nms_thres
 
 def predict(model: CellsegModel, image: np.ndarray, *, prob_thresh: float | None = None,
             nms_thresh: float | None = None, n_tiles: tuple[int, int] | None = None, normalize: bool = True,
-            name: str = "image") -> tuple[np.ndarray, pd.DataFrame]:
+            name: str = "image", scale: float | None = None, invert: str = "auto") -> tuple[np.ndarray, pd.DataFrame]:
     """Segment one image.
 
     Parameters
@@ -100,6 +104,11 @@ def predict(model: CellsegModel, image: np.ndarray, *, prob_thresh: float | None
         a pair such as ``(2, 2)``, or one integer ``n`` meaning ``(n, n)``.
     normalize
         Apply percentile normalisation (1, 99.8) first, as in training.
+    scale, invert
+        Resize the image by ``scale`` before the network (default: the model's own, see
+        :class:`cellseg.adapt.InputSpec`; labels come back at the image's size) and invert its intensities
+        (``auto``: when its background is not the model's). An RGB image given to a grey model is made
+        grey, a grey one given to an RGB model is repeated into three channels.
 
     Returns
     -------
@@ -109,15 +118,15 @@ def predict(model: CellsegModel, image: np.ndarray, *, prob_thresh: float | None
         One row per object with :data:`cellseg.segment.OBJECT_COLUMNS`; ``polygon`` is WKT in (x, y) pixel coordinates.
     """
     return predict_batch(model, [image], prob_thresh=prob_thresh, nms_thresh=nms_thresh, names=[_name(name)],
-                         normalize=normalize, n_tiles=n_tiles)[0]
+                         normalize=normalize, n_tiles=n_tiles, scale=scale, invert=invert)[0]
 
 
 def predict_many(model: CellsegModel, images: Iterable[np.ndarray], *, names: Sequence[str] | None = None,
                  prob_thresh: float | None = None, nms_thresh: float | None = None,
                  n_tiles: tuple[int, int] | None = None, total: int | None = None,
                  progress: Callable[[float, str], None] | None = None,
-                 should_cancel: Callable[[], bool] | None = None,
-                 batch_size: int = 8) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
+                 should_cancel: Callable[[], bool] | None = None, batch_size: int = 8,
+                 scale: float | None = None, invert: str = "auto") -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
     """Segment images in batches of ``batch_size`` (:func:`predict_batch`), yielding ``(labels, objects)``
     for each image in order.
 
@@ -136,6 +145,7 @@ def predict_many(model: CellsegModel, images: Iterable[np.ndarray], *, names: Se
     require_callable(progress, "progress")
     require_callable(should_cancel, "should_cancel")
     resolve_thresholds(model, prob_thresh, nms_thresh)
+    InputConfig(scale=scale, invert=invert)
     if n_tiles is not None:
         _n_tiles(n_tiles, 2)
     step = 1 if n_tiles is not None else batch_size
@@ -151,7 +161,7 @@ def predict_many(model: CellsegModel, images: Iterable[np.ndarray], *, names: Se
             raise InputError(f"predict_many: {len(names)} names for more images")
         chunk_names = [names[done + k] if names is not None else f"image {done + k}" for k in range(len(chunk))]
         results = predict_batch(model, chunk, prob_thresh=prob_thresh, nms_thresh=nms_thresh, names=chunk_names,
-                                n_tiles=n_tiles)
+                                n_tiles=n_tiles, scale=scale, invert=invert)
         for name, result in zip(chunk_names, results):
             done += 1
             if progress is not None:
@@ -162,7 +172,7 @@ def predict_many(model: CellsegModel, images: Iterable[np.ndarray], *, names: Se
 def predict_batch(model: CellsegModel, images: Sequence[np.ndarray], *, prob_thresh: float | None = None,
                   nms_thresh: float | None = None, names: Sequence[str] | None = None, normalize: bool = True,
                   network_batch: int = 1, n_tiles: tuple[int, int] | int | None = None,
-                  ) -> list[tuple[np.ndarray, pd.DataFrame]]:
+                  scale: float | None = None, invert: str = "auto") -> list[tuple[np.ndarray, pd.DataFrame]]:
     """Segment several images with :func:`cellseg.segment.segment_images`; labels are stardist's
     ``predict_instances``'s.
 
@@ -171,6 +181,8 @@ def predict_batch(model: CellsegModel, images: Sequence[np.ndarray], *, prob_thr
     a time with ``keras_model.predict_on_batch``; the outputs are taken apart per image and
     post-processed with stardist's sparse candidate selection, NMS and polygon rendering. With
     ``n_tiles`` each image goes through stardist's tiled network (``predict_sparse``) instead.
+
+    ``scale`` and ``invert`` adapt the images to the model as in :func:`predict`.
 
     ``network_batch=1`` (default) is bit-identical to stardist's ``predict_instances``: on the CPU,
     TensorFlow's convolutions give results that differ in the last float bits (about 1e-7) when images
@@ -189,8 +201,17 @@ def predict_batch(model: CellsegModel, images: Sequence[np.ndarray], *, prob_thr
         raise InputError(f"predict_batch: {len(names)} names for {len(images)} images")
     names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
     prob, nms = resolve_thresholds(model, prob_thresh, nms_thresh)
-    prepared = [prepare(check_input(model, image, name), normalize) for image, name in zip(images, names)]
-    return segment_images(model, prepared, prob, nms, network_batch=network_batch, n_tiles=tiles)
+    inputs = InputConfig(scale=scale, invert=invert)
+    spec, n = model.input_spec, model.config.n_channel_in
+    prepared, shapes, used = [], [], 1.0
+    for image, name in zip(images, names):
+        image = check_input(model, image, name)
+        x, used = prepare_input(image, n, spec, scale=inputs.scale, invert=inputs.invert, normalize=normalize,
+                                name=name)
+        prepared.append(x)
+        shapes.append(image.shape[:2])
+    return segment_images(model, prepared, prob, nms, network_batch=network_batch, n_tiles=tiles, scale=used,
+                          out_shapes=shapes)
 
 
 def _n_tiles(n_tiles: Sequence[int] | int, ndim: int) -> tuple[int, ...]:

@@ -64,18 +64,22 @@ def network_outputs(model: Any, batch: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def candidates(prob: np.ndarray, dist: np.ndarray, shape: tuple[int, int], grid: tuple[int, int],
-               prob_thresh: float, b: int = 2) -> Candidates:
+               prob_thresh: float, b: int = 2, scale: float = 1.0) -> Candidates:
     """stardist's sparse candidates above ``prob_thresh`` of one image's network maps.
 
     ``prob`` and ``dist`` are the maps of the padded input (stardist excludes the ``b`` border cells of
-    the padded map, then drops points outside the image ``shape``).
+    the padded map, then drops points outside the network input's ``shape``). When the image was resized by
+    ``scale`` before the network, points and distances are mapped back to the image's own pixels.
     """
     inds = candidate_mask(prob, prob_thresh, b=b)
     probs = prob[inds].copy()
     dists = np.maximum(1e-3, dist[inds])
     points = np.stack(np.where(inds), axis=1) * np.array(grid).reshape(1, 2)
     keep = np.all(points < np.array(shape).reshape(1, 2), axis=1)
-    return probs[keep], dists[keep], points[keep]
+    probs, dists, points = probs[keep], dists[keep], points[keep]
+    if scale != 1:
+        points, dists = points / np.float32(scale), dists / np.float32(scale)
+    return probs, dists, points
 
 
 def tiled_candidates(model: Any, x: np.ndarray, prob_thresh: float, n_tiles: tuple[int, ...]) -> Candidates:
@@ -109,17 +113,21 @@ def instances(shape: tuple[int, int], cands: Candidates, nms_thresh: float) -> t
 
 
 def segment_images(model: Any, images: Sequence[np.ndarray], prob_thresh: float, nms_thresh: float, *,
-                   network_batch: int = 1, n_tiles: tuple[int, ...] | None = None,
-                   ) -> list[tuple[np.ndarray, pd.DataFrame]]:
-    """``(labels, objects)`` of prepared ``YXC`` images (see :func:`prepare`).
+                   network_batch: int = 1, n_tiles: tuple[int, ...] | None = None, scale: float = 1.0,
+                   out_shapes: Sequence[tuple[int, int]] | None = None) -> list[tuple[np.ndarray, pd.DataFrame]]:
+    """``(labels, objects)`` of prepared ``YXC`` images (see :func:`prepare` and
+    :func:`cellseg.adapt.prepare_input`).
 
     Images of one padded shape go through the network ``network_batch`` at a time; with ``n_tiles``
-    each image goes through stardist's tiled network instead.
+    each image goes through stardist's tiled network instead. Images resized by ``scale`` give labels of
+    ``out_shapes`` (their original shapes).
     """
     shapes = [x.shape[:2] for x in images]
     cands: dict[int, Candidates] = {}
     if n_tiles is not None:
-        cands = {i: tiled_candidates(model, x, prob_thresh, n_tiles) for i, x in enumerate(images)}
+        for i, x in enumerate(images):
+            p, d, pts = tiled_candidates(model, x, prob_thresh, n_tiles)
+            cands[i] = (p, d / np.float32(scale), pts / np.float32(scale)) if scale != 1 else (p, d, pts)
     else:
         padded = [pad_for_network(x, model.config.divisor)[0] for x in images]
         groups: dict[tuple[int, ...], list[int]] = {}
@@ -130,9 +138,10 @@ def segment_images(model: Any, images: Sequence[np.ndarray], prob_thresh: float,
                 part = members[s:s + network_batch]
                 probs, dists = network_outputs(model, np.stack([padded[i] for i in part]))
                 for k, i in enumerate(part):
-                    cands[i] = candidates(probs[k], dists[k], shapes[i], model.config.grid, prob_thresh)
+                    cands[i] = candidates(probs[k], dists[k], shapes[i], model.config.grid, prob_thresh,
+                                          scale=scale)
     results = []
-    for i, shape in enumerate(shapes):
+    for i, shape in enumerate(out_shapes if out_shapes is not None else shapes):
         labels, details = instances(shape, cands[i], nms_thresh)
         results.append((labels, objects_table(labels, details)))
     return results

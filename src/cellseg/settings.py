@@ -145,6 +145,8 @@ def arg_type(meta: Setting, name: str) -> Callable[[str], Any]:
 
     def parse(text: str) -> Any:
         t = text.strip()
+        if meta.optional and t.lower() in ("none", "off"):
+            return None
         try:
             if meta.kind == "int":
                 value: Any = int(t)

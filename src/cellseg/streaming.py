@@ -24,6 +24,18 @@ import numpy as np
 import pandas as pd
 
 from cellseg import files as cfiles
+from cellseg.adapt import (
+    CONVERTIBLE,
+    InputConfig,
+    adapt_polarity,
+    check_scale,
+    hematoxylin,
+    is_stained,
+    match_channels,
+    resize,
+    scaled_shape,
+    white_level,
+)
 from cellseg.errors import CancelledError, InputError, require_callable, require_int
 from cellseg.prediction import channel_mismatch, check_model, resolve_thresholds
 from cellseg.segment import candidates, network_outputs, object_frame, pad_to, suppress
@@ -52,7 +64,7 @@ class _ObjectStore:
     def __init__(self, n_rays: int) -> None:
         self.n = 0
         self.dist = np.zeros((0, n_rays), np.float32)
-        self.centre = np.zeros((0, 2), np.int32)
+        self.centre = np.zeros((0, 2), np.float64)  # integer centres, fractional when the image was scaled
         self.prob = np.zeros(0, np.float32)
         self.bbox = np.zeros((0, 4), np.float32)  # ymin, ymax, xmin, xmax
         self.sums = np.zeros((0, 3), np.float64)  # pixel count, sum y, sum x
@@ -124,22 +136,32 @@ class _ObjectStore:
                             area[present], self.prob[present], polygons)
 
 
-def _normalizer(source: TileSource) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel 1 / 99.8 percentiles (as :func:`cellseg.images.normalize`) of a strided subsample."""
+def _sample(source: TileSource) -> np.ndarray:
+    """A strided subsample of the image (checked for NaN and infinite values)."""
     sample = source.sample()
     if sample.dtype == bool:
         sample = sample.astype(np.uint8)
     if np.issubdtype(sample.dtype, np.floating) and not np.isfinite(sample).all():
         raise InputError(f"{source.name}: image has NaN or infinite values")
+    return sample
+
+
+def _normalizer(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-channel 1 / 99.8 percentiles (as :func:`cellseg.images.normalize`) of a subsample, and a
+    normalised, further subsampled copy (``YXC``, for the background)."""
     mi = np.percentile(sample, 1.0, axis=(0, 1), keepdims=True).astype(np.float32)
     ma = np.percentile(sample, 99.8, axis=(0, 1), keepdims=True).astype(np.float32)
     if sample.ndim == 2:
         mi, ma = mi[..., np.newaxis], ma[..., np.newaxis]
-    return mi.reshape(1, 1, -1), ma.reshape(1, 1, -1)
+    mi, ma = mi.reshape(1, 1, -1), ma.reshape(1, 1, -1)
+    step = max(1, int(math.sqrt(sample.shape[0] * sample.shape[1] / 65536)))  # enough to tell the background
+    x = sample[::step, ::step].astype(np.float32)
+    x = x[..., np.newaxis] if x.ndim == 2 else x
+    return mi, ma, (x - mi) / (ma - mi + np.float32(1e-20))
 
 
-def _tile_objects(model: Any, source: TileSource, tile: Tile, net_shape: tuple[int, int], mi: np.ndarray,
-                  ma: np.ndarray, prob_thresh: float, nms_thresh: float,
+def _tile_objects(model: Any, source: TileSource, tile: Tile, net_shape: tuple[int, int], prob_thresh: float,
+                  nms_thresh: float, inputs: _Inputs,
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Network + candidates + NMS on one tile; ray distances ``(n, n_rays)``, centres (image coordinates,
     ``(n, 2)``) and probabilities of the objects whose centre lies in the tile's core."""
@@ -147,18 +169,41 @@ def _tile_objects(model: Any, source: TileSource, tile: Tile, net_shape: tuple[i
     if np.issubdtype(raw.dtype, np.floating) and not np.isfinite(raw).all():
         raise InputError(f"{source.name}: image has NaN or infinite values in rows {tile.y0}-{tile.y1}, "
                          f"columns {tile.x0}-{tile.x1}")
-    x = raw.astype(np.float32, copy=False)
-    if x.ndim == 2:
-        x = x[..., np.newaxis]
-    x = pad_to((x - mi) / (ma - mi + np.float32(1e-20)), net_shape, "reflect" if min(x.shape[:2]) > 1 else "edge")
+    x = inputs.adapt(raw)
+    shape = x.shape[:2]
+    x = pad_to(x, net_shape, "reflect" if min(x.shape[:2]) > 1 else "edge")
     prob, dist = network_outputs(model, x[np.newaxis])
-    cands = candidates(prob[0], dist[0], tile.shape, model.config.grid, prob_thresh)
+    cands = candidates(prob[0], dist[0], shape, model.config.grid, prob_thresh, scale=inputs.scale)
     if len(cands[0]) == 0:
         return np.zeros((0, dist.shape[-1]), np.float32), np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
     p, d, pts = suppress(cands, nms_thresh)
     gy, gx = pts[:, 0] + tile.y0, pts[:, 1] + tile.x0
     own = (gy >= tile.core_y0) & (gy < tile.core_y1) & (gx >= tile.core_x0) & (gx < tile.core_x1)
     return d[own], np.stack([gy[own], gx[own]], axis=1), p[own]
+
+
+class _Inputs:
+    """The adaptation of every tile of one image: hematoxylin of stained colour images (for a grey model),
+    channels, polarity (decided once from the sample), scale."""
+
+    def __init__(self, model: Any, sample: np.ndarray, scale: float, invert: str) -> None:
+        self.n = model.config.n_channel_in
+        self.top = white_level(sample) if self.n == 1 and is_stained(sample) else None
+        mi, ma, x = _normalizer(self.raw(sample))
+        self.mi, self.ma = mi, ma
+        self.spec = model.input_spec
+        self.invert = "yes" if adapt_polarity(match_channels(x, self.n), self.spec, invert) is not x else "no"
+        self.scale = scale
+
+    def raw(self, x: np.ndarray) -> np.ndarray:
+        return hematoxylin(x, self.top) if self.top is not None else x
+
+    def adapt(self, raw: np.ndarray) -> np.ndarray:
+        x = self.raw(raw).astype(np.float32, copy=False)
+        x = x[..., np.newaxis] if x.ndim == 2 else x
+        x = (x - self.mi) / (self.ma - self.mi + np.float32(1e-20))
+        x = adapt_polarity(match_channels(x, self.n), self.spec, self.invert)
+        return resize(x, scaled_shape(x.shape, self.scale)) if self.scale != 1 else x
 
 
 def _check_out_path(out_path: Path) -> None:
@@ -177,7 +222,7 @@ def predict_large(model: Any, source: str | os.PathLike | np.ndarray, out_path: 
                   tile_size: int = 1024, overlap: int | None = None, prob_thresh: float | None = None,
                   nms_thresh: float | None = None, progress: ProgressFn | None = None,
                   should_cancel: CancelFn | None = None, label_dtype: str = "uint32",
-                  ) -> tuple[Path | np.ndarray, pd.DataFrame]:
+                  scale: float | None = None, invert: str = "auto") -> tuple[Path | np.ndarray, pd.DataFrame]:
     """Segment a large image tile by tile in bounded memory.
 
     Parameters
@@ -201,6 +246,9 @@ def predict_large(model: Any, source: str | os.PathLike | np.ndarray, out_path: 
     progress, should_cancel
         ``progress(fraction, message)`` after each tile; ``should_cancel()`` polled before each tile and
         output block (raises :class:`~cellseg.errors.CancelledError`).
+    scale, invert
+        As in :func:`cellseg.prediction.predict`: each tile is resized by ``scale`` (default: the model's)
+        before the network; ``tile_size`` and ``overlap`` are in the image's own pixels.
 
     Returns
     -------
@@ -210,6 +258,7 @@ def predict_large(model: Any, source: str | os.PathLike | np.ndarray, out_path: 
     """
     check_model(model)
     prob, nms = resolve_thresholds(model, prob_thresh, nms_thresh)
+    settings = InputConfig(scale=scale, invert=invert)
     if label_dtype not in ("uint32", "uint16"):
         raise InputError(f"label_dtype={label_dtype!r} must be 'uint32' or 'uint16'")
     tile_size = require_int(tile_size, "tile_size", 1)
@@ -224,17 +273,20 @@ def predict_large(model: Any, source: str | os.PathLike | np.ndarray, out_path: 
         _check_out_path(out)
     src = TileSource(source)
     try:
-        if src.channels != model.config.n_channel_in:
-            raise InputError(channel_mismatch(src.name, src.full_shape, model.config.n_channel_in))
+        n = model.config.n_channel_in
+        if src.channels != n and (src.channels, n) not in CONVERTIBLE:
+            raise InputError(channel_mismatch(src.name, src.full_shape, n))
         div = model.config.divisor
-        ov = default_overlap(model) if overlap is None else overlap
-        check_geometry(model, (tile_size, tile_size), ov)
-        tiles = plan_tiles(src.shape, tile_size, ov, div)
+        s = model.input_spec.scale if settings.scale is None else settings.scale
+        ov = math.ceil(default_overlap(model) / s) if overlap is None else overlap
+        check_geometry(model, (round(tile_size * s), round(tile_size * s)), round(ov * s))
+        tiles = plan_tiles(src.shape, tile_size, ov, div if s == 1 else 1)
+        check_scale(s, max((t.shape for t in tiles), key=lambda sh: sh[0] * sh[1]), f"{src.name} (a tile)")
         ov = round_up(ov, div)
-        net_shape = tuple(round_up(max(t.shape[a] for t in tiles), div) for a in (0, 1))
-        mi, ma = _normalizer(src)
+        net_shape = tuple(round_up(max(scaled_shape(t.shape, s)[a] for t in tiles), div) for a in (0, 1))
+        inputs = _Inputs(model, _sample(src), s, settings.invert)
         objects = _ObjectStore(model.config.n_rays)
-        blocks = _stream(model, src, tiles, net_shape, mi, ma, prob, nms, objects, ov, progress, should_cancel)
+        blocks = _stream(model, src, tiles, net_shape, prob, nms, objects, ov, progress, should_cancel, inputs)
         if out is None:
             labels = np.zeros(src.shape, np.int32)
             for (y, x), block in blocks:
@@ -247,9 +299,9 @@ def predict_large(model: Any, source: str | os.PathLike | np.ndarray, out_path: 
         src.close()
 
 
-def _stream(model: Any, src: TileSource, tiles: list[Tile], net_shape: tuple[int, int], mi: np.ndarray,
-            ma: np.ndarray, prob: float, nms: float, objects: _ObjectStore, overlap: int,
-            progress: ProgressFn | None, should_cancel: CancelFn | None,
+def _stream(model: Any, src: TileSource, tiles: list[Tile], net_shape: tuple[int, int], prob: float, nms: float,
+            objects: _ObjectStore, overlap: int, progress: ProgressFn | None, should_cancel: CancelFn | None,
+            inputs: _Inputs,
             ) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
     """Yield ``((y, x), labels)`` for every :data:`OUTPUT_TILE` block in row-major order, running the network
     on tile rows just as far ahead as the next block row needs."""
@@ -266,7 +318,7 @@ def _stream(model: Any, src: TileSource, tiles: list[Tile], net_shape: tuple[int
             for t in tile_rows[done_rows]:
                 if should_cancel is not None and should_cancel():
                     raise CancelledError(f"{src.name}: prediction cancelled after {done_tiles} of {len(tiles)} tiles")
-                dist, centre, p = _tile_objects(model, src, t, net_shape, mi, ma, prob, nms)
+                dist, centre, p = _tile_objects(model, src, t, net_shape, prob, nms, inputs)
                 _release_free_memory()  # TensorFlow's freed tile buffers, before the object store may grow
                 if len(p):
                     objects.add(dist, centre, p)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cellseg.adapt import AUTO_CHANNEL_MODE, CONVERTIBLE, adapt_channels, plan_input
 from cellseg.callbacks import (
     BestWeights,
     CancelFn,
@@ -68,13 +69,18 @@ class TrainResult:
     seconds: float = 0.0
     steps: int = 0
     stop_reason: str = "all steps done"  # or "cancelled", a spent time budget, early stopping
+    validation_ap50: float | None = None  # AP@0.5 on the validation data with the final thresholds
+    kept_start: bool = False  # retraining did not beat the starting weights on validation: they were kept
+    input_note: str = ""  # how the images were adapted: background, scale (see cellseg.adapt)
+    channels_note: str = ""  # how the channels were matched, when the images' are not the model's
 
 
 # -- the entry point ------------------------------------------------------------------------------
 
 def fit(model: CellsegModel, data: TrainingData, config: TrainConfig | dict[str, Any] | None = None,
         callbacks: Sequence[TrainingCallback] = (), *, kind: str = "retrain") -> TrainResult:
-    """Train ``model`` itself (no copy) on ``data``: the one training entry point.
+    """Train ``model`` itself (no copy; a new model when its first layer is adapted to the images'
+    channels, see ``channels`` in :class:`TrainConfig`) on ``data``: the one training entry point.
 
     ``config`` is a :class:`TrainConfig` (or a dict of its parameters; default: ``TrainConfig()``);
     ``callbacks`` are :class:`~cellseg.callbacks.TrainingCallback` objects (progress, cancellation,
@@ -90,9 +96,12 @@ def fit(model: CellsegModel, data: TrainingData, config: TrainConfig | dict[str,
     callbacks = check_callbacks(callbacks)
     if kind not in ("train", "retrain"):
         raise InputError(f"kind={kind!r} must be 'train' or 'retrain'")
+    model, channels_note = _match_model_channels(model, data, cfg)
     mc = model.config
     patch_size = check_patch_size(cfg.patch_size or mc.patch_size, mc.divisor)
-    prepared = prepare_training(data, mc, cfg, patch_size)
+    spec, input_note = plan_input(model, data, cfg.scale, fresh=kind == "train")
+    prepared = prepare_training(data, mc, cfg, patch_size, spec, spec.scale)
+    model.input_spec = spec
 
     from cellseg import keras_glue
 
@@ -101,7 +110,8 @@ def fit(model: CellsegModel, data: TrainingData, config: TrainConfig | dict[str,
     sd.config.train_patch_size = patch_size
     sd.config.train_batch_size = cfg.batch_size or mc.batch_size
     sd.config.train_learning_rate = lr
-    sd.config.train_reduce_lr = {"factor": 0.5, "patience": 10, "min_delta": 0} if cfg.reduce_lr else None
+    plateau = max(2, cfg.patience // 2) if cfg.patience else 10  # halve the rate before stopping early
+    sd.config.train_reduce_lr = {"factor": 0.5, "patience": plateau, "min_delta": 0} if cfg.reduce_lr else None
     sd.config.train_tensorboard = False
     if cfg.reinit_heads:
         reinit_heads(model, cfg.seed)
@@ -112,6 +122,7 @@ def fit(model: CellsegModel, data: TrainingData, config: TrainConfig | dict[str,
     stoppers = ([TimeBudget(cfg.minutes * 60)] if cfg.minutes else []) + (
         [EarlyStopping(cfg.patience)] if cfg.patience else [])
     hooks = [history, best, *callbacks, *stoppers]
+    start = _Start(model, prepared.X_val, prepared.Y_val) if kind == "retrain" else None
     bridge = keras_glue.KerasBridge(hooks, cfg.total_steps)
     aug = augmenter(np.random.default_rng(cfg.seed)) if cfg.augment else None
     for cb in hooks:
@@ -133,15 +144,25 @@ def fit(model: CellsegModel, data: TrainingData, config: TrainConfig | dict[str,
     cancelled = bridge.stopped and not (bridge.stopper is not None and bridge.stopper.finishes)
     stop_reason = bridge.stopper.stop_reason if bridge.stopper is not None else "all steps done"
 
+    val_ap, kept_start = None, False
     if cfg.optimize_thresholds and not cancelled and steps > 0:
         for cb in callbacks:
             cb.on_status("optimising thresholds on the validation images")
         optimize_thresholds(model, prepared.X_val, prepared.Y_val)
+    if not cancelled and steps > 0:
+        val_ap = validation_ap(model, prepared.X_val, prepared.Y_val)
+        if start is not None and start.ap is not None and val_ap is not None and start.ap > val_ap:
+            stop_reason += (f"; the starting weights scored higher on the validation data (AP@0.5 {start.ap:.3f} vs "
+                            f"{val_ap:.3f}) and were kept")
+            val_ap, kept_start = start.restore(), True
     model.provenance["steps_trained"] = model.steps_trained + steps
     model.provenance.setdefault("trainings", []).append({
         "kind": kind,
         "n_images": prepared.n_train,
         "validation": prepared.validation_note,
+        "validation_ap50": val_ap,
+        "kept_start": kept_start,
+        "input": input_note + (f"; {channels_note}" if channels_note else ""),
         "data": data.describe(),
         "steps": steps,
         "epochs": cfg.epochs,
@@ -156,7 +177,47 @@ def fit(model: CellsegModel, data: TrainingData, config: TrainConfig | dict[str,
     })
     model.provenance["thresholds"] = model.thresholds
     return TrainResult(model=model, history=pd.DataFrame(history.rows), cancelled=cancelled, seconds=seconds,
-                       steps=steps, stop_reason=stop_reason)
+                       steps=steps, stop_reason=stop_reason, validation_ap50=val_ap, kept_start=kept_start,
+                       input_note=input_note,
+                       channels_note=channels_note)
+
+
+class _Start:
+    """The weights, thresholds and validation AP@0.5 a retraining started from (kept if training did not
+    improve on them: retraining never leaves a model worse on the validation data than it started)."""
+
+    def __init__(self, model: CellsegModel, X: Sequence[np.ndarray], Y: Sequence[np.ndarray]) -> None:
+        self.model, self.weights, self.thresholds = model, model.keras_model.get_weights(), model.thresholds
+        self.ap = validation_ap(model, X, Y)
+
+    def restore(self) -> float | None:
+        self.model.keras_model.set_weights(self.weights)
+        self.model.thresholds = self.thresholds
+        return self.ap
+
+
+def _match_model_channels(model: CellsegModel, data: TrainingData, cfg: TrainConfig) -> tuple[CellsegModel, str]:
+    """``model``, or a copy adapted to the images' channels (``cfg.channels``), and a note ("" if equal)."""
+    n = model.config.n_channel_in
+    counts = [1 if np.ndim(im) == 2 else int(np.shape(im)[-1]) for im in data.images]
+    c = max(set(counts), key=counts.count)
+    if c == n or (c, n) not in CONVERTIBLE:
+        return model, ""  # equal, or refused naming the image by prepare_data
+    mode = AUTO_CHANNEL_MODE if cfg.channels == "auto" else cfg.channels
+    if mode == "adapt":
+        return adapt_channels(model, c), f"the model's first layer adapted from {n} to {c} channels"
+    return model, f"images converted from {c} to {n} channel(s)"
+
+
+def validation_ap(model: CellsegModel, X: Sequence[np.ndarray], Y: Sequence[np.ndarray]) -> float | None:
+    """AP@0.5 of ``model`` (its thresholds) on network inputs ``X`` with masks ``Y``; None without objects."""
+    from cellseg.metrics import ap_at, score_dataset
+    from cellseg.prediction import predict_batch
+
+    if not X or not any(np.any(y) for y in Y):
+        return None
+    pred = [labels for labels, _ in predict_batch(model, list(X), normalize=False, scale=1.0, invert="no")]
+    return round(ap_at(score_dataset(list(Y), pred, thresholds=(0.5,))[1], 0.5), 4)
 
 
 def _phases(cfg: TrainConfig) -> list[tuple[int, bool]]:

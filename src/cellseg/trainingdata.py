@@ -17,6 +17,7 @@ import numpy as np
 
 from cellseg import images as cimages
 from cellseg import masks as cmasks
+from cellseg.adapt import CONVERTIBLE, InputSpec, prepare_input, resize_mask
 from cellseg.config import ModelConfig, TrainConfig
 from cellseg.errors import InputError, require_bool, require_int, require_number, require_pair
 from cellseg.prediction import as_image_array, channel_mismatch
@@ -81,63 +82,132 @@ class PreparedData:
 
 
 def prepare_training(data: TrainingData, config: ModelConfig, train_config: TrainConfig,
-                     patch_size: Sequence[int]) -> PreparedData:
-    """Check and normalise ``data`` for a model with ``config``; split validation, mix in (errors name the
-    image)."""
+                     patch_size: Sequence[int], spec: InputSpec | None = None, scale: float = 1.0) -> PreparedData:
+    """Check and adapt ``data`` for a model with ``config`` and input ``spec`` (channels, polarity, ``scale``:
+    :func:`prepare_data`); split off validation data and mix in (errors name the image).
+
+    Validation: explicit ``data.validation``; else whole held-back images when
+    ``validation_fraction`` of the images is at least 2 (10 or more images at 0.15); else, not to starve
+    training of few images, one held-back patch per image (:func:`split_patches`); the training images
+    themselves when no image can spare a patch and there are fewer than 3, or at ``validation_fraction`` 0.
+    """
     cfg = train_config
+    spec = spec or InputSpec()
     X, Y = prepare_data(data.images, data.masks, config, patch_size, names=data.names,
-                        label_components=data.label_components)
+                        label_components=data.label_components, spec=spec, scale=scale, invert=cfg.invert)
     if data.validation is not None:
         val_images, val_masks = data.validation
         Xv, Yv = prepare_data(val_images, val_masks, config, patch_size, label_components=data.label_components,
-                              names=[f"validation image {i}" for i in range(len(val_images))])
+                              names=[f"validation image {i}" for i in range(len(val_images))], spec=spec,
+                              scale=scale, invert=cfg.invert)
         val_note = f"{len(Xv)} separate validation images"
     else:
-        train_idx, val_idx = split_validation(len(X), cfg.validation_fraction, cfg.seed)
-        Xv, Yv = [X[i] for i in val_idx], [Y[i] for i in val_idx]
-        X, Y = [X[i] for i in train_idx], [Y[i] for i in train_idx]
-        val_note = (f"{len(val_idx)} of the images held back" if train_idx != val_idx
-                    else "the training images (fewer than 3 images)")
-    mix_note, n_train = None, len(X)
+        X, Y, Xv, Yv, val_note = _validation(X, Y, cfg, patch_size)
+    mix_note, n_train = None, len(data.images)
     mix_images, mix_masks = data.mix_data if data.mix_data is not None else ([], [])
     if mix_images:
         Xm, Ym = prepare_data(mix_images, mix_masks, config, patch_size, label_components=data.label_components,
-                              names=[f"mix image {i}" for i in range(len(mix_images))])
+                              names=[f"mix image {i}" for i in range(len(mix_images))], spec=spec,
+                              invert=cfg.invert)
         X, Y, mix_note = mix_training_data(X, Y, Xm, Ym, cfg.mix_fraction)
     return PreparedData(X, Y, Xv, Yv, n_train, val_note, mix_note)
 
 
+def _validation(X: list[np.ndarray], Y: list[np.ndarray], cfg: TrainConfig, patch_size: Sequence[int],
+                ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[np.ndarray], str]:
+    """Training and validation lists of one run without explicit validation data (see prepare_training)."""
+    n, fraction = len(X), cfg.validation_fraction
+    if fraction > 0 and round(fraction * n) < 2:
+        Xt, Yt, Xv, Yv = split_patches(X, Y, patch_size, cfg.seed)
+        if Xv:
+            return Xt, Yt, Xv, Yv, f"one held-back {patch_size[0]}x{patch_size[1]} patch of {len(Xv)} of the images"
+    train_idx, val_idx = split_validation(n, fraction, cfg.seed)
+    note = (f"{len(val_idx)} of the images held back" if train_idx != val_idx
+            else "the training images (too few or too small images to hold any back)")
+    return ([X[i] for i in train_idx], [Y[i] for i in train_idx], [X[i] for i in val_idx], [Y[i] for i in val_idx],
+            note)
+
+
+def split_patches(X: Sequence[np.ndarray], Y: Sequence[np.ndarray], patch_size: Sequence[int], seed: int,
+                  ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Hold back one patch of ``patch_size`` at a (seeded) random corner of every image large enough.
+
+    The rest of such an image becomes up to two training pieces of at least ``patch_size`` (below the
+    patch, and beside it); an image too small to keep a training piece stays whole in training. Returns
+    training images and masks (pieces), then validation patches and their masks.
+    """
+    py, px = (int(p) for p in patch_size)
+    rng = np.random.default_rng(seed)
+    Xt: list[np.ndarray] = []
+    Yt: list[np.ndarray] = []
+    Xv: list[np.ndarray] = []
+    Yv: list[np.ndarray] = []
+    for x, y in zip(X, Y):
+        flip = rng.integers(0, 2, size=2)
+        h, w = y.shape
+        below, beside = h - py >= py, w - px >= px
+        if not (below or beside):
+            Xt.append(x)
+            Yt.append(y)
+            continue
+        fx, fy = x, y
+        for axis in (0, 1):
+            if flip[axis]:
+                fx, fy = np.flip(fx, axis), np.flip(fy, axis)
+        Xv.append(np.ascontiguousarray(fx[:py, :px]))
+        Yv.append(np.ascontiguousarray(fy[:py, :px]))
+        if below:
+            Xt.append(np.ascontiguousarray(fx[py:]))
+            Yt.append(np.ascontiguousarray(fy[py:]))
+        if beside:
+            rows = slice(0, py) if below else slice(0, h)
+            Xt.append(np.ascontiguousarray(fx[rows, px:]))
+            Yt.append(np.ascontiguousarray(fy[rows, px:]))
+    return Xt, Yt, Xv, Yv
+
+
 def prepare_data(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], config: ModelConfig,
-                 patch_size: Sequence[int], names: Sequence[str] | None = None,
-                 label_components: bool = False) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Validate and normalise image/mask pairs for ``config``; errors name the image."""
+                 patch_size: Sequence[int], names: Sequence[str] | None = None, label_components: bool = False,
+                 spec: InputSpec | None = None, scale: float = 1.0, invert: str = "auto",
+                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Validate image/mask pairs and bring them to the network's input (:func:`cellseg.adapt.prepare_input`:
+    normalised, channels matched, inverted as ``invert`` says, resized by ``scale`` with the masks);
+    errors name the image."""
     images = image_list(images, "images")
     masks = image_list(masks, "masks")
     patch_size = require_pair(patch_size, "patch_size", lo=1)
+    spec = spec or InputSpec()
     if len(images) == 0:
         raise InputError("no training images given")
     if len(images) != len(masks):
         raise InputError(f"{len(images)} images but {len(masks)} masks")
     names = check_names(names, len(images))
+    n = config.n_channel_in
     X, Y = [], []
     for name, img, mask in zip(names, images, masks):
         img = as_image_array(img, name)
-        if img.ndim == 3 and img.shape[-1] != config.n_channel_in and img.shape[0] < img.shape[-1]:
-            raise InputError(channel_mismatch(name, img.shape, config.n_channel_in))
+        if img.ndim == 3 and img.shape[-1] != n and img.shape[0] < img.shape[-1]:
+            raise InputError(channel_mismatch(name, img.shape, n))
         img = cimages.check_image(img, name)
         channels = 1 if img.ndim == 2 else img.shape[-1]
-        if channels != config.n_channel_in:
-            raise InputError(channel_mismatch(name, img.shape, config.n_channel_in))
+        if channels != n and (channels, n) not in CONVERTIBLE:
+            raise InputError(channel_mismatch(name, img.shape, n))
         mask = cmasks.check_mask(as_image_array(mask, f"{name}: mask"), name, label_components=label_components)
         if mask.shape != img.shape[:2]:
             raise InputError(f"{name}: mask shape {mask.shape} does not match image shape {img.shape[:2]}")
-        if any(s < p for s, p in zip(img.shape[:2], patch_size)):
+        x, s = prepare_input(img, n, spec, scale=scale, invert=invert, name=name)
+        if any(a < p for a, p in zip(x.shape[:2], patch_size)):
+            if s != 1:
+                raise InputError(
+                    f"{name}: scale={s:g} makes the image ({img.shape[0]}x{img.shape[1]}) {x.shape[0]}x{x.shape[1]} "
+                    f"pixels, smaller than the patch size {patch_size[0]}x{patch_size[1]}; use a larger scale or a smaller "
+                    f"patch_size (a multiple of {config.divisor})")
             raise InputError(
-                f"{name}: image {img.shape[0]}x{img.shape[1]} is smaller than the patch size "
+                f"{name}: image {x.shape[0]}x{x.shape[1]} is smaller than the patch size "
                 f"{patch_size[0]}x{patch_size[1]}; use a smaller patch_size (a multiple of {config.divisor})"
             )
-        X.append(cimages.normalize(img))
-        Y.append(mask)
+        X.append(x[..., 0] if n == 1 else x)
+        Y.append(resize_mask(mask, x.shape[:2]))
     cmasks.check_annotations(Y, "training data")
     return X, Y
 

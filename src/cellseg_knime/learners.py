@@ -6,73 +6,15 @@ from typing import Any
 
 import knime.extension as knext
 import numpy as np
-import pandas as pd
 
+from cellseg.adapt import CONVERTIBLE
 from cellseg.config import RETRAIN_DEFAULTS, STRATEGY_DEFAULTS, ModelConfig, TrainConfig, check_patch_size
 from cellseg.errors import CancelledError, InputError
 from cellseg_knime import cells, node
 from cellseg_knime import tables as kt
-from cellseg_knime.params import config_from, param
+from cellseg_knime.history import history_columns, history_frame, history_schema, loss_figure, outcome
+from cellseg_knime.params import SINCE_0_3, config_from, param
 from cellseg_knime.ports import StarDistModelPortObject, StarDistModelSpec, model_port_type, summary_from_meta
-
-#: Columns of the training-history table, in order, with their pandas dtypes.
-HISTORY_COLUMNS: list[tuple[str, str]] = [
-    ("epoch", "int64"),
-    ("step", "int64"),
-    ("seconds", "float64"),
-    ("loss", "float64"),
-    ("prob_loss", "float64"),
-    ("dist_loss", "float64"),
-    ("val_loss", "float64"),
-    ("val_prob_loss", "float64"),
-    ("val_dist_loss", "float64"),
-    ("learning_rate", "float64"),
-]
-
-
-def history_columns() -> list[Any]:
-    return [knext.Column(knext.int64() if t == "int64" else knext.double(), n) for n, t in HISTORY_COLUMNS]
-
-
-def history_schema() -> knext.Schema:
-    return knext.Schema.from_columns(history_columns())
-
-
-def history_frame(history: pd.DataFrame) -> pd.DataFrame:
-    """The backend's history in the fixed column layout (missing values NaN); RowIDs ``Epoch <n>``."""
-    df = (pd.DataFrame({n: pd.Series([], dtype=t) for n, t in HISTORY_COLUMNS})
-          if history is None or len(history) == 0 else history.copy())
-    for name, dtype in HISTORY_COLUMNS:
-        if name not in df:
-            df[name] = np.nan if dtype == "float64" else 0
-        df[name] = df[name].astype(dtype)
-    df = df[[n for n, _ in HISTORY_COLUMNS]]
-    df.index = pd.Index([f"Epoch {int(e)}" for e in df["epoch"]], dtype=object)
-    return df
-
-
-def loss_figure(history: pd.DataFrame, title: str) -> Any:
-    """A matplotlib figure of the training and validation losses per step."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4), dpi=100)
-    ax = fig.add_subplot(1, 1, 1)
-    if len(history):
-        x = history["step"]
-        for col, style in (("loss", "-"), ("val_loss", "--"), ("prob_loss", ":"), ("dist_loss", ":")):
-            if col in history and history[col].notna().any():
-                ax.plot(x, history[col], style, marker="o", markersize=3, label=col)
-        ax.set_yscale("log")
-        ax.legend()
-    else:
-        ax.text(0.5, 0.5, "no epochs completed", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    return fig
-
 
 # -- parameters shared by both nodes -----------------------------------------------------------
 # Labels, help, defaults and bounds come from cellseg.config (declared once, shared with the CLI).
@@ -102,10 +44,13 @@ class ArchitectureSettings:
 
 @knext.parameter_group(label="Training")
 class TrainingSettings:
-    """Training length, batch and patch size, learning rate, validation split and seed."""
+    """Training length (epochs, time budget, early stopping), batch and patch size, learning rate, validation
+    split and seed."""
 
     epochs = param(TrainConfig, "epochs")
     steps_per_epoch = param(TrainConfig, "steps_per_epoch")
+    minutes = param(TrainConfig, "minutes", since_version=SINCE_0_3)
+    patience = param(TrainConfig, "patience", zero="never", since_version=SINCE_0_3)
     batch_size = param(ModelConfig, "batch_size")
     patch_size = param(ModelConfig, "patch_size")
     learning_rate = param(ModelConfig, "learning_rate")
@@ -131,15 +76,24 @@ class AdvancedSettings:
     model_name = knext.StringParameter("Model name", "Name recorded in the model's provenance.", "cellseg")
 
 
+@knext.parameter_group(label="Input adaptation", since_version=SINCE_0_3)
+class InputSettings:
+    """How the images are resized for the network."""
+
+    scale = param(TrainConfig, "scale", zero="1, no resizing", since_version=SINCE_0_3,
+                  help="Resize the images by this factor for training; the model stores it and prediction "
+                       "resizes by it too (0 = 1, no resizing).")
+
+
 #: Node parameters that are not TrainConfig fields (they go to the training call itself).
 _NOT_CONFIG = ("label_components", "model_name")
 
 
 def _train_config(node: Any, **values: Any) -> TrainConfig:
-    """The node's TrainConfig: every training, augmentation and advanced parameter, in one call."""
-    t = node.training
-    return config_from(TrainConfig, t, node.augmentation, node.advanced, skip=_NOT_CONFIG,
-                       batch_size=t.batch_size or None, patch_size=t.patch_size or None, **values)
+    """The node's TrainConfig: every training, input, augmentation and advanced parameter, in one call (0
+    for an optional setting, e.g. patience or the Retrainer's batch size, is passed as None)."""
+    return config_from(TrainConfig, node.training, node.input_adaptation, node.augmentation, node.advanced,
+                       skip=_NOT_CONFIG, **values)
 
 
 def _columns(node: Any, schema: knext.Schema) -> tuple[str, str]:
@@ -171,11 +125,16 @@ def read_training_table(ctx: Any, table: Any, image_col: str, label_col: str, en
     return images, masks, names
 
 
-def _finish(ctx: Any, result: Any, title: str) -> tuple[StarDistModelPortObject, knext.Table, Any]:
+def _finish(ctx: Any, result: Any, title: str, notes: list[str] | None = None,
+            ) -> tuple[StarDistModelPortObject, knext.Table, Any]:
+    """The node's outputs; the outcome as the last progress message, and as a warning (``notes``, shown by
+    :func:`~cellseg_knime.tables.warnings_to`) when retraining kept the starting weights."""
     if result.cancelled:
         raise RuntimeError(f"Execution canceled after {result.steps} training step(s)")
     history = history_frame(result.history)
-    ctx.set_progress(1.0, f"trained {result.steps} steps in {result.seconds:.1f} s")
+    ctx.set_progress(1.0, outcome(result))
+    if notes is not None and result.kept_start:
+        notes.append(f"Retraining did not improve the model: {result.stop_reason}")
     view = knext.view_matplotlib(loss_figure(history, title))
     out = kt.BatchWriter(history_columns())
     out.add_frame(history)
@@ -203,8 +162,10 @@ class StarDistLearner:
     the best non-overlapping polygons. Give a table with images and their instance label images (e.g. from
     the Nuclei Simulator or the Image Reader with a mask folder). Images are percentile-normalised, random
     patches are augmented, and after training the probability and overlap thresholds are optimised on the
-    validation images. Training reports progress per step and can be canceled; with few annotated images
-    retraining a pretrained model (StarDist Retrainer) usually works much better.
+    validation images. Training ends at the first of: all epochs done, the time budget spent, no improvement
+    of the validation loss for *Patience* epochs; the weights of the best epoch are kept. Training reports
+    progress per step and can be canceled; with few annotated images retraining a pretrained model (StarDist
+    Retrainer) usually works much better.
     """
 
     image_column = knext.ColumnParameter("Image column", "Column with the images.", port_index=0,
@@ -213,6 +174,7 @@ class StarDistLearner:
                                          column_filter=cells.is_image_column)
     architecture = ArchitectureSettings()
     training = TrainingSettings()
+    input_adaptation = InputSettings()
     augmentation = AugmentationSettings()
     advanced = AdvancedSettings()
 
@@ -287,18 +249,34 @@ class StrategySettings:
 
 @knext.parameter_group(label="Training")
 class RetrainingSettings:
-    """Training length, batch and patch size (0 = the model's own), learning rate, validation split, seed."""
+    """Training length (epochs, time budget, early stopping), batch and patch size (0 = the model's own),
+    learning rate, validation split, seed."""
 
     epochs = param(TrainConfig, "epochs", default=RETRAIN_DEFAULTS["epochs"])
     steps_per_epoch = param(TrainConfig, "steps_per_epoch", default=RETRAIN_DEFAULTS["steps_per_epoch"])
-    batch_size = param(TrainConfig, "batch_size", default=ModelConfig().batch_size, min_value=0,
+    minutes = param(TrainConfig, "minutes", default=RETRAIN_DEFAULTS["minutes"], since_version=SINCE_0_3)
+    patience = param(TrainConfig, "patience", default=RETRAIN_DEFAULTS["patience"], zero="never",
+                     since_version=SINCE_0_3)
+    batch_size = param(TrainConfig, "batch_size", default=ModelConfig().batch_size, zero="the model's own",
                        help="Patches per step (0 = the model's own).")
-    patch_size = param(TrainConfig, "patch_size", default=ModelConfig().patch_size, min_value=0,
+    patch_size = param(TrainConfig, "patch_size", default=ModelConfig().patch_size, zero="the model's own",
                        help="Side of the square training patches (0 = the model's own); a multiple of the "
                             "model's grid x 2^depth, at most the image size.")
     learning_rate = param(TrainConfig, "learning_rate", default=RETRAIN_DEFAULTS["learning_rate"])
     validation_fraction = param(TrainConfig, "validation_fraction")
     seed = param(TrainConfig, "seed")
+
+
+@knext.parameter_group(label="Input adaptation", since_version=SINCE_0_3)
+class RetrainInputSettings:
+    """How the images are brought to the model: resizing, intensity inversion and channels."""
+
+    scale = param(TrainConfig, "scale", zero="estimated from the masks", since_version=SINCE_0_3,
+                  help="Resize the images by this factor for training; the model stores it and prediction "
+                       "resizes by it too (0 = estimated from the masks: the objects get the size the model "
+                       "was trained on).")
+    invert = param(TrainConfig, "invert", since_version=SINCE_0_3)
+    channels = param(TrainConfig, "channels", since_version=SINCE_0_3)
 
 
 @node("StarDist Retrainer", knext.NodeType.LEARNER, "retrainer")
@@ -315,7 +293,14 @@ class StarDistRetrainer:
     what it learned on its large training set and adapts to your microscope, staining and cell type within
     minutes on a CPU. Strategies: fine-tune all layers (default), freeze the encoder (always, or for the first
     epochs), train the encoder more slowly, re-initialise the output heads, and optionally mix simulated
-    nuclei into the training patches. Thresholds are re-optimised on the validation images.
+    nuclei into the training patches. Training ends when the time budget is spent or the validation loss has
+    stopped improving, keeping the best weights; thresholds are re-optimised on the validation images, and if
+    the result scores lower than the starting model on them, the starting weights are kept (a warning says so).
+
+    The images are brought to the model: resized so that the objects get the size the model was trained on
+    (estimated from the masks, or a given *Scale*, which the retrained model keeps for prediction), inverted
+    when their background (dark or bright) is not the model's, and grey images for an RGB model or RGB images
+    for a grey model are converted, or the model's first layer is adapted to them (*Channel adaptation*).
     """
 
     image_column = knext.ColumnParameter("Image column", "Column with the images.", port_index=1,
@@ -324,6 +309,7 @@ class StarDistRetrainer:
                                          column_filter=cells.is_image_column)
     strategy = StrategySettings()
     training = RetrainingSettings()
+    input_adaptation = RetrainInputSettings()
     augmentation = AugmentationSettings()
     advanced = AdvancedSettings()
 
@@ -367,17 +353,19 @@ class StarDistRetrainer:
         tc = _train_config(self, **self._extra())
         images, masks, names = read_training_table(exec_context, table, image_col, label_col, end=0.08,
                                                    label_components=self.advanced.label_components)
+        n = model.spec.n_channel_in
         for name, img in zip(names, images):
-            if cells.channels_of(img) != model.spec.n_channel_in:
-                raise ValueError(f"{name}: image has {cells.channels_of(img)} channel(s) but the model expects "
-                                 f"{model.spec.n_channel_in}")
+            c = cells.channels_of(img)
+            if c != n and (c, n) not in CONVERTIBLE:  # grey and RGB: see 'Channel adaptation'
+                raise ValueError(f"{name}: image has {c} channel(s) but the model expects {n}; only grey (1) and "
+                                 "RGB (3) images are converted into each other")
         exec_context.set_progress(0.08, "loading the model")
         base = model.model
         kwargs: dict[str, Any] = {}
         if self.strategy.mix_data == MixData.SIMULATED.name:
             kwargs["mix_data"] = _simulated_mix(base, images)
         exec_context.set_progress(0.1, "retraining")
-        with kt.warnings_to(exec_context):
+        with kt.warnings_to(exec_context) as notes:
             try:
                 result = retrain(base, images, masks, tc, names=names, progress=kt.progress_fn(exec_context, 0.1, 0.98),
                                  should_cancel=exec_context.is_canceled,
@@ -385,9 +373,9 @@ class StarDistRetrainer:
                                  label_components=self.advanced.label_components, **kwargs)
             except CancelledError as err:
                 raise kt.canceled_error(err) from err
-        if self.advanced.model_name and self.advanced.model_name != "cellseg":
-            result.model.provenance["name"] = self.advanced.model_name
-        return _finish(exec_context, result, f"StarDist Retrainer: {len(images)} images")
+            if self.advanced.model_name and self.advanced.model_name != "cellseg":
+                result.model.provenance["name"] = self.advanced.model_name
+            return _finish(exec_context, result, f"StarDist Retrainer: {len(images)} images", notes)
 
 
 def _simulated_mix(model: Any, images: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:

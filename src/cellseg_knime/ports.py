@@ -134,8 +134,13 @@ def summary_for_pretrained(name: str) -> dict[str, Any]:
 
 
 def check_channels(spec: StarDistModelSpec, channels: int | None, what: str) -> None:
-    """Raise InvalidParametersError if ``channels`` (when known) does not fit the model."""
-    if channels is not None and channels != spec.n_channel_in:
+    """Raise InvalidParametersError if ``channels`` (when known) does not fit the model: neither its own
+    count nor one converted into it (grey and RGB, :data:`cellseg.adapt.CONVERTIBLE`)."""
+    from cellseg.adapt import CONVERTIBLE
+
+    n = spec.n_channel_in
+    if channels is not None and channels != n and (channels, n) not in CONVERTIBLE:
         raise knext.InvalidParametersError(
-            f"{what} has {channels} channel(s) but the model expects {spec.n_channel_in}"
+            f"{what} has {channels} channel(s) but the model expects {n}; only grey (1) and RGB (3) images are "
+            "converted into each other"
         )

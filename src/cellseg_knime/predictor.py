@@ -9,10 +9,12 @@ import knime.extension as knext
 import numpy as np
 import pandas as pd
 
+from cellseg.adapt import InputConfig
 from cellseg.errors import CancelledError, InputError
 from cellseg_knime import cells, node
 from cellseg_knime import tables as kt
 from cellseg_knime.outputs import CellSink, ImageOutputSettings, image_name, output_kind, output_ktype
+from cellseg_knime.params import SINCE_0_3, config_from, param
 from cellseg_knime.ports import StarDistModelPortObject, StarDistModelSpec, model_port_type
 from cellseg_knime.views import Gallery
 
@@ -67,6 +69,15 @@ class ThresholdSettings:
         0.4, min_value=0.0, max_value=1.0).rule(knext.OneOf(use_model_thresholds, [False]), knext.Effect.SHOW)
 
 
+@knext.parameter_group(label="Input adaptation", since_version=SINCE_0_3)
+class InputSettings:
+    """How the images are brought to the model: resizing and intensity inversion."""
+
+    scale = param(InputConfig, "scale", zero="the model's own: estimated when it was retrained, 1 otherwise",
+                  since_version=SINCE_0_3)
+    invert = param(InputConfig, "invert", since_version=SINCE_0_3)
+
+
 @knext.parameter_group(label="Preview")
 class PreviewSettings:
     """Preview images added to the output table."""
@@ -116,10 +127,13 @@ class PredictorAdvanced:
 class StarDistPredictor:
     """Segments the objects (e.g. nuclei) in images with a StarDist model.
 
-    Each image is percentile-normalised like in training, the network predicts object probabilities and
-    star-convex polygons, and non-maximum suppression keeps the best non-overlapping ones. The output adds a
-    label image per row (one integer per object) and a small preview; the second table lists every object,
-    and the view shows the first images with their outlines.
+    Each image is percentile-normalised like in training and brought to the model: RGB images for a grey
+    model (and grey for an RGB model) are converted, images whose background (dark or bright) is not the
+    model's are inverted, and images are resized by the model's scale (see *Input adaptation*; labels come
+    back at the image's size). The network predicts object probabilities and star-convex polygons, and
+    non-maximum suppression keeps the best non-overlapping ones. The output adds a label image per row (one
+    integer per object) and a small preview; the second table lists every object, and the view shows the
+    first images with their outlines.
 
     Images may be PNG image cells (e.g. from KNIME's image readers or the cellseg Image Reader), Path cells
     (e.g. from List Files/Folders) or string paths. Label images come out as 16-bit PNG image cells, or as
@@ -137,6 +151,7 @@ class StarDistPredictor:
         "Output column", "Name of the label column to add (made unique if the table has it already), e.g. "
         "'before' and 'after' when two models segment the same images. Empty: 'labels'.", "")
     thresholds = ThresholdSettings()
+    input_adaptation = InputSettings()
     image_output = ImageOutputSettings()
     output = PreviewSettings().rule(knext.OneOf(mode, [Mode.TABLE.name]), knext.Effect.SHOW)
     large_image = LargeImageSettings().rule(knext.OneOf(mode, [Mode.LARGE_IMAGE.name]), knext.Effect.SHOW)
@@ -174,6 +189,10 @@ class StarDistPredictor:
                 "grid x 2^depth)")
         return col
 
+    def _input(self) -> InputConfig:
+        """Scale (None: the model's own) and inversion; InvalidParametersError for a bad value."""
+        return config_from(InputConfig, self.input_adaptation)
+
     def _thresholds(self) -> tuple[float | None, float | None]:
         t = self.thresholds
         return (None, None) if t.use_model_thresholds else (t.prob_thresh, t.nms_thresh)
@@ -181,6 +200,7 @@ class StarDistPredictor:
     def configure(self, config_context: knext.ConfigurationContext, model_spec: StarDistModelSpec,
                   table_schema: knext.Schema) -> Any:
         col = self._check(model_spec, table_schema)
+        self._input()
         out = knext.Schema.from_columns(list(table_schema) + self._added_columns(table_schema, col))
         return out, objects_schema()
 
@@ -239,6 +259,7 @@ class StarDistPredictor:
         from cellseg import prediction
 
         prob, nms = self._thresholds()
+        adapt = self._input()
         images = []
         for rid, cell in zip(chunk.index, chunk[col]):
             img = cells.read_image(cell, str(rid), col, ctx)
@@ -247,7 +268,7 @@ class StarDistPredictor:
         n_tiles = self.advanced.n_tiles if self.advanced.n_tiles > 1 else None
         predicted = prediction.predict_batch(  # an InputError (a ValueError) names the row
             model, images, prob_thresh=prob, nms_thresh=nms, names=[f"Row '{rid}'" for rid in chunk.index],
-            network_batch=self.advanced.batch_size, n_tiles=n_tiles)
+            network_batch=self.advanced.batch_size, n_tiles=n_tiles, scale=adapt.scale, invert=adapt.invert)
         results = []
         for rid, cell, img, (labels, objects) in zip(chunk.index, chunk[col], images, predicted):
             row: tuple[Any, ...] = (sink.labels(labels, str(rid), image_name(cell, str(rid))), objects)
@@ -262,6 +283,7 @@ class StarDistPredictor:
         from cellseg import streaming, tiling
 
         prob, nms = self._thresholds()
+        adapt = self._input()
         overlap = self.large_image.overlap or None
         results = []
         for i, (rid, cell) in enumerate(zip(chunk.index, chunk[col])):
@@ -282,7 +304,8 @@ class StarDistPredictor:
                     warnings.simplefilter("always", tiling.TilingWarning)
                     _, objects = streaming.predict_large(
                         model, src, sink.stage(target), tile_size=self.large_image.tile_size, overlap=overlap,
-                        prob_thresh=prob, nms_thresh=nms, progress=progress, should_cancel=ctx.is_canceled)
+                        prob_thresh=prob, nms_thresh=nms, progress=progress, should_cancel=ctx.is_canceled,
+                        scale=adapt.scale, invert=adapt.invert)
                 for w in caught:
                     if issubclass(w.category, tiling.TilingWarning):
                         ctx.set_warning(f"Row '{rid}': {w.message}")

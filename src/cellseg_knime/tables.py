@@ -174,14 +174,18 @@ def require_rows(table: Any, what: str = "input table") -> int:
 
 
 @contextlib.contextmanager
-def warnings_to(ctx: Any) -> Iterator[None]:
-    """Show the backend's data warnings (e.g. a label made of separate pieces) as the node's warning."""
+def warnings_to(ctx: Any) -> Iterator[list[str]]:
+    """Show the backend's data warnings (e.g. a label made of separate pieces) as the node's warning.
+
+    Yields a list: notes the node appends to it come first in the warning (one warning per node in KNIME).
+    """
     from cellseg.images import InputWarning
 
+    notes: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", InputWarning)
-        yield
-    messages = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, InputWarning)))
+        yield notes
+    messages = list(dict.fromkeys([*notes, *(str(w.message) for w in caught if issubclass(w.category, InputWarning))]))
     if messages:
         more = f" (and {len(messages) - 1} more warning(s))" if len(messages) > 1 else ""
         ctx.set_warning(messages[0] + more)
