@@ -126,7 +126,8 @@ def run(set_name: str, condition: str, seed: int, model_name: str) -> dict:
         result = retrain(base, X, Y, defaults.replace(**changes[condition]))
     training = result.model.provenance["trainings"][-1]
     return {**row, "steps": result.steps, "seconds": round(result.seconds, 1), "stop_reason": result.stop_reason,
-            "validation_ap50": result.validation_ap50, "input": training.get("input"),
+            "validation_ap50": result.validation_ap50, "start_validation_ap50": result.start_validation_ap50,
+            "kept_start": result.kept_start, "input": training.get("input"),
             "validation": training.get("validation"), **score(result.model, Xt, Yt)}
 
 
@@ -162,7 +163,8 @@ def _curve(base, X, Y, Xt, Yt, config: TrainConfig) -> dict:
 
 def summary() -> str:
     rows = [json.loads(line) for line in OUT.read_text().splitlines() if line.strip()]
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows).drop_duplicates(["set", "condition", "seed"], keep="last")
+    rows = df.to_dict("records")
     g = df.groupby(["set", "condition"])
     table = g.agg(seeds=("seed", "nunique"), ap50=("ap50", "mean"), ap50_sd=("ap50", "std"), map=("map", "mean"),
                   steps=("steps", "mean"), seconds=("seconds", "mean")).reset_index()

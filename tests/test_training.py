@@ -64,6 +64,7 @@ def test_retrain_continues_from_weights_and_keeps_the_original(tiny_model_bytes,
     after = result.model.get_weights()
     kept = result.kept_start  # the starting weights scored higher on validation
     assert kept == ("were kept" in result.stop_reason)
+    assert (result.validation_ap50 < result.start_validation_ap50 + 0.05) == kept
     assert all(np.array_equal(x, y) for x, y in zip(before, after)) == kept
     prov = result.model.provenance
     assert prov["steps_trained"] == original.steps_trained + 4
@@ -77,7 +78,7 @@ def test_retraining_that_makes_the_model_worse_keeps_the_start(tiny_model_bytes,
     original = load_model(tiny_model_bytes)
     result = retrain(original, images[:4], masks[:4], TrainConfig(epochs=2, steps_per_epoch=5, learning_rate=0.5,
                                                                   optimize_thresholds=False))
-    assert result.kept_start and "starting weights scored higher on the validation data" in result.stop_reason
+    assert result.kept_start and "starting weights were kept: retraining did not beat them" in result.stop_reason
     assert all(np.array_equal(x, y) for x, y in zip(original.get_weights(), result.model.get_weights()))
     assert result.model.thresholds == original.thresholds and result.validation_ap50 > 0.3
 
