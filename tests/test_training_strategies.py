@@ -34,7 +34,8 @@ def _changed(a, b):
 
 
 def _tc(**kw) -> TrainConfig:
-    return TrainConfig(epochs=2, steps_per_epoch=2, optimize_thresholds=False, validation_fraction=0, **kw)
+    return TrainConfig(epochs=2, steps_per_epoch=2, optimize_thresholds=False, validation_fraction=0, keep_start=False,
+                       **kw)
 
 
 def test_freeze_encoder_keeps_encoder_weights(setup):

@@ -14,7 +14,7 @@ from cellseg.errors import CellsegError
 MODEL_FLAGS = ("backbone", "n_rays", "grid", "unet_n_depth", "unet_n_filter_base")
 TRAIN_FLAGS = ("epochs", "steps_per_epoch", "minutes", "patience", "learning_rate", "batch_size", "patch_size",
                "augment", "validation_fraction", "seed", "optimize_thresholds", "scale", "invert")
-RETRAIN_FLAGS = ("channels", "freeze_encoder", "freeze_encoder_epochs", "encoder_lr_factor", "reinit_heads",
+RETRAIN_FLAGS = ("channels", "keep_start", "freeze_encoder", "freeze_encoder_epochs", "encoder_lr_factor", "reinit_heads",
                  "mix_fraction")
 
 

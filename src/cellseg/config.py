@@ -235,6 +235,8 @@ class TrainConfig:
     seed: int = setting(0, "seeds weights, patch sampling and augmentation", label="Seed", lo=0, hi=2**32 - 1)
     optimize_thresholds: bool = setting(True, "optimise the probability and overlap thresholds on the "
                                         "validation images", label="Optimise thresholds")
+    keep_start: bool = setting(True, "retraining: keep the starting weights unless the retrained ones beat them "
+                               "on the validation data by 0.05 AP@0.5", label="Keep the start unless improved")
     freeze_encoder: bool = setting(False, "keep the encoder's weights fixed (train decoder and heads)",
                                    label="Freeze encoder")
     reduce_lr: bool = setting(True, "halve the learning rate when the validation loss stalls",

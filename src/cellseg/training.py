@@ -123,7 +123,7 @@ def fit(model: CellsegModel, data: TrainingData, config: TrainConfig | dict[str,
     stoppers = ([TimeBudget(cfg.minutes * 60)] if cfg.minutes else []) + (
         [EarlyStopping(cfg.patience)] if cfg.patience else [])
     hooks = [history, best, *callbacks, *stoppers]
-    start = _Start(model, prepared.X_val, prepared.Y_val) if kind == "retrain" else None
+    start = _Start(model, prepared.X_val, prepared.Y_val) if kind == "retrain" and cfg.keep_start else None
     bridge = keras_glue.KerasBridge(hooks, cfg.total_steps)
     aug = augmenter(np.random.default_rng(cfg.seed)) if cfg.augment else None
     for cb in hooks:

@@ -294,8 +294,9 @@ class StarDistRetrainer:
     minutes on a CPU. Strategies: fine-tune all layers (default), freeze the encoder (always, or for the first
     epochs), train the encoder more slowly, re-initialise the output heads, and optionally mix simulated
     nuclei into the training patches. Training ends when the time budget is spent or the validation loss has
-    stopped improving, keeping the best weights; thresholds are re-optimised on the validation images, and if
-    the result scores lower than the starting model on them, the starting weights are kept (a warning says so).
+    stopped improving, keeping the best weights; thresholds are re-optimised on the validation images, and
+    unless the result beats the starting model on them by 0.05 AP@0.5, the starting weights are kept (a
+    warning says so).
 
     The images are brought to the model: resized so that the objects get the size the model was trained on
     (estimated from the masks, or a given *Scale*, which the retrained model keeps for prediction), inverted
