@@ -112,6 +112,8 @@ def test_prediction_scale_gives_labels_at_the_original_size(tiny_copy):
         assert labels.shape == (96, 80)
         if len(objects):
             assert objects["centroid_y"].max() < 96 and objects["centroid_x"].max() < 80
+    tiled, _ = predict(model, img, scale=0.5, n_tiles=2, prob_thresh=0.0)  # stardist's network tiling
+    assert tiled.shape == (96, 80)
     labels_large, _ = predict_large(model, img, tile_size=64, scale=0.5, prob_thresh=0.0)
     assert labels_large.shape == (96, 80)
     with pytest.raises(InputError, match="scale=0.1 makes"):
@@ -167,3 +169,22 @@ def test_broken_input_entry_is_a_load_error(tiny_copy, tmp_path):
 
     with pytest.raises(ModelLoadError, match=r"cellseg.json: input.scale=0(\.0)? must be"):
         load_model(bad)
+
+
+def test_streamed_rgb_is_not_inverted_when_its_background_matches(tiny_copy):
+    """The streamed path decides inversion as the untiled one: a dark-background RGB image given to a
+    grey model is converted, not inverted (a converted copy is not an inversion)."""
+    from cellseg.adapt import needs_inversion
+    from cellseg.streaming import _Inputs
+
+    rng = np.random.default_rng(3)
+    grey = (rng.random((64, 64)) * 60).astype(np.uint8)
+    grey[20:30, 20:30] = 250
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    inputs = _Inputs(tiny_copy, rgb, 1.0, "auto")
+    assert inputs.invert == "no" and not needs_inversion(prepare_input(rgb, 1, InputSpec(), invert="no")[0],
+                                                         InputSpec())
+    assert _Inputs(tiny_copy, 255 - rgb, 1.0, "auto").invert == "yes"
+    ref, _ = predict(tiny_copy, rgb, prob_thresh=0.0)
+    streamed, _ = predict_large(tiny_copy, rgb, tile_size=256, prob_thresh=0.0)
+    assert np.array_equal(ref > 0, streamed > 0)

@@ -210,12 +210,15 @@ def resize_mask(y: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return y[np.ix_(rows, cols)]
 
 
+def needs_inversion(x: np.ndarray, spec: InputSpec, invert: str = "auto") -> bool:
+    """Is ``x`` (normalised ``YXC``) to be inverted: ``invert`` is ``yes``, or ``auto`` and its background
+    is not the model's?"""
+    return invert == "yes" or (invert == "auto" and image_background(x) != spec.background)
+
+
 def adapt_polarity(x: np.ndarray, spec: InputSpec, invert: str = "auto") -> np.ndarray:
-    """``x`` (normalised ``YXC``) inverted when ``invert`` is ``yes``, or ``auto`` and its background is not
-    the model's."""
-    if invert == "yes" or (invert == "auto" and image_background(x) != spec.background):
-        return np.float32(1) - x
-    return x
+    """``x`` (normalised ``YXC``) inverted when :func:`needs_inversion` says so."""
+    return np.float32(1) - x if needs_inversion(x, spec, invert) else x
 
 
 def prepare_input(image: np.ndarray, n_channel_in: int, spec: InputSpec, *, scale: float | None = None,
@@ -236,12 +239,6 @@ def prepare_input(image: np.ndarray, n_channel_in: int, spec: InputSpec, *, scal
         s = check_scale(s, x.shape, name)
         x = resize(x, scaled_shape(x.shape, s))
     return x, float(s)
-
-
-def check_invert(invert: Any) -> str:
-    if invert not in INVERT_CHOICES:
-        raise InputError(f"invert={invert!r} must be auto, yes or no")
-    return invert
 
 
 # -- object size and scale ------------------------------------------------------------------------

@@ -64,18 +64,22 @@ def channel_mismatch(name: str, shape: tuple[int, ...], expected: int) -> str:
 
 
 def check_input(model: CellsegModel, image: np.ndarray, name: str = "image") -> np.ndarray:
-    """Validate ``image`` for ``model``: dimensions, finite values, a channel count that is the model's or
-    converts into it (grey and RGB, :func:`cellseg.adapt.match_channels`); return it."""
+    """Validate ``image`` for ``model`` (see :func:`check_channels_of`); return it."""
     check_model(model)
-    n = model.config.n_channel_in
+    return check_channels_of(image, model.config.n_channel_in, name)
+
+
+def check_channels_of(image: Any, n: int, name: str = "image") -> np.ndarray:
+    """``image`` as a checked array (dimensions, finite values) whose channel count is ``n`` or converts into
+    it (grey and RGB, :func:`cellseg.adapt.match_channels`); :class:`InputError` naming ``name`` otherwise."""
     arr = as_image_array(image, name)
     if arr.ndim == 3 and arr.shape[-1] != n and arr.shape[0] < arr.shape[-1]:
         raise InputError(channel_mismatch(name, arr.shape, n))
-    image = cimages.check_image(arr, name)
-    channels = 1 if image.ndim == 2 else image.shape[-1]
+    arr = cimages.check_image(arr, name)
+    channels = 1 if arr.ndim == 2 else arr.shape[-1]
     if channels != n and (channels, n) not in CONVERTIBLE:
-        raise InputError(channel_mismatch(name, image.shape, n))
-    return image
+        raise InputError(channel_mismatch(name, arr.shape, n))
+    return arr
 
 
 def resolve_thresholds(model: CellsegModel, prob_thresh: float | None, nms_thresh: float | None) -> tuple[float, float]:

@@ -76,10 +76,15 @@ def candidates(prob: np.ndarray, dist: np.ndarray, shape: tuple[int, int], grid:
     dists = np.maximum(1e-3, dist[inds])
     points = np.stack(np.where(inds), axis=1) * np.array(grid).reshape(1, 2)
     keep = np.all(points < np.array(shape).reshape(1, 2), axis=1)
-    probs, dists, points = probs[keep], dists[keep], points[keep]
-    if scale != 1:
-        points, dists = points / np.float32(scale), dists / np.float32(scale)
-    return probs, dists, points
+    return to_image_pixels((probs[keep], dists[keep], points[keep]), scale)
+
+
+def to_image_pixels(cands: Candidates, scale: float) -> Candidates:
+    """Candidates of a network input resized by ``scale``, in the image's own pixels (points and distances)."""
+    if scale == 1:
+        return cands
+    prob, dist, points = cands
+    return prob, dist / np.float32(scale), points / np.float32(scale)
 
 
 def tiled_candidates(model: Any, x: np.ndarray, prob_thresh: float, n_tiles: tuple[int, ...]) -> Candidates:
@@ -125,9 +130,8 @@ def segment_images(model: Any, images: Sequence[np.ndarray], prob_thresh: float,
     shapes = [x.shape[:2] for x in images]
     cands: dict[int, Candidates] = {}
     if n_tiles is not None:
-        for i, x in enumerate(images):
-            p, d, pts = tiled_candidates(model, x, prob_thresh, n_tiles)
-            cands[i] = (p, d / np.float32(scale), pts / np.float32(scale)) if scale != 1 else (p, d, pts)
+        cands = {i: to_image_pixels(tiled_candidates(model, x, prob_thresh, n_tiles), scale)
+                 for i, x in enumerate(images)}
     else:
         padded = [pad_for_network(x, model.config.divisor)[0] for x in images]
         groups: dict[tuple[int, ...], list[int]] = {}

@@ -32,6 +32,7 @@ from cellseg.adapt import (
     hematoxylin,
     is_stained,
     match_channels,
+    needs_inversion,
     resize,
     scaled_shape,
     white_level,
@@ -192,7 +193,7 @@ class _Inputs:
         mi, ma, x = _normalizer(self.raw(sample))
         self.mi, self.ma = mi, ma
         self.spec = model.input_spec
-        self.invert = "yes" if adapt_polarity(match_channels(x, self.n), self.spec, invert) is not x else "no"
+        self.invert = "yes" if needs_inversion(match_channels(x, self.n), self.spec, invert) else "no"
         self.scale = scale
 
     def raw(self, x: np.ndarray) -> np.ndarray:

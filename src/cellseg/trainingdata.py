@@ -15,12 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from cellseg import images as cimages
 from cellseg import masks as cmasks
-from cellseg.adapt import CONVERTIBLE, InputSpec, prepare_input, resize_mask
+from cellseg.adapt import InputSpec, prepare_input, resize_mask
 from cellseg.config import ModelConfig, TrainConfig
 from cellseg.errors import InputError, require_bool, require_int, require_number, require_pair
-from cellseg.prediction import as_image_array, channel_mismatch
+from cellseg.prediction import as_image_array, check_channels_of
 
 
 @dataclass
@@ -185,13 +184,7 @@ def prepare_data(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], conf
     n = config.n_channel_in
     X, Y = [], []
     for name, img, mask in zip(names, images, masks):
-        img = as_image_array(img, name)
-        if img.ndim == 3 and img.shape[-1] != n and img.shape[0] < img.shape[-1]:
-            raise InputError(channel_mismatch(name, img.shape, n))
-        img = cimages.check_image(img, name)
-        channels = 1 if img.ndim == 2 else img.shape[-1]
-        if channels != n and (channels, n) not in CONVERTIBLE:
-            raise InputError(channel_mismatch(name, img.shape, n))
+        img = check_channels_of(img, n, name)
         mask = cmasks.check_mask(as_image_array(mask, f"{name}: mask"), name, label_components=label_components)
         if mask.shape != img.shape[:2]:
             raise InputError(f"{name}: mask shape {mask.shape} does not match image shape {img.shape[:2]}")
