@@ -189,7 +189,13 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread so that temporary files are cleaned up as on Ctrl-C."""
 
 
+#: Set when SIGTERM arrived: a library that turns the raised :class:`Terminated` into an error of its own
+#: (TensorFlow does while it builds a graph) still ends the command as terminated.
+_terminating: list[int] = []
+
+
 def _raise_terminated(signum: int, frame: Any) -> None:
+    _terminating.append(signum)
     raise Terminated(f"signal {signum}")
 
 
@@ -217,9 +223,15 @@ def run_command(prog: str, func: Callable[[Any], int | None], args: Any,
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except CellsegError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:
+        if _terminating:  # Terminated, re-raised by a library as an error of its own
+            print(f"{prog}: terminated; {terminated}", file=sys.stderr)
+            return 143
+        if isinstance(err, CellsegError):
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            return 2
+        raise
     finally:
+        _terminating.clear()
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
